@@ -1,0 +1,332 @@
+"""The allocation rules (DESIGN.md section 3), decided in memory, persisted by others.
+
+The allocator owns one `SubnetPool` (free-range index, cursor, counters) per
+subnet of every network. Each decision updates the pools in place and returns
+its result plus the list of `Change`s a store must persist; it writes nothing
+itself. A decision that fails leaves the pools exactly as they were. Leases are
+looked up through a `WritableView` (see view.py), to which each successful
+decision also applies its changes, so later decisions in the same batch see it.
+
+Rules this module keeps (from the seed, then better):
+- Dynamic: the first free address strictly after the subnet's cursor, wrapping
+  once to the lease range start; reserved addresses are never in the index.
+- Static: inside a subnet, not reserved, free; may lie outside the lease range.
+- One lease per (network, container_id, ifname), one address per subnet.
+- Multi-network requests commit all networks or none.
+- Alloc and release are idempotent; release frees only what the key owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ipamd.core.freeranges import FreeRanges
+from ipamd.core.lease import Lease, LeaseKey
+from ipamd.core.network import IPAddress, Network, Subnet
+from ipamd.core.requests import (
+    AllocRequest,
+    Attachment,
+    GcRequest,
+    ReleaseRequest,
+)
+from ipamd.core.view import (
+    Change,
+    DeleteLease,
+    DeleteNetwork,
+    LeaseView,
+    PutLease,
+    PutNetwork,
+    SetCursor,
+)
+from ipamd.errors import (
+    AddressInUse,
+    AddressNotAllocatable,
+    InvalidRequest,
+    IpamError,
+    NetworkExists,
+    NetworkInUse,
+    NetworkNotFound,
+    RangeExhausted,
+)
+
+
+class WritableView(LeaseView, Protocol):
+    def apply(self, change: Change) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetStats:
+    size: int
+    allocatable: int
+    used: int
+    free: int
+
+    @property
+    def utilisation(self) -> float:
+        if self.allocatable == 0:
+            return 1.0
+        return (self.allocatable - self.free) / self.allocatable
+
+
+class SubnetPool:
+    """One subnet's free addresses, cursor and counters."""
+
+    __slots__ = ("allocatable", "cursor", "free", "free_in_range", "subnet", "used")
+
+    def __init__(self, subnet: Subnet, used: Iterable[int] = (), cursor: int | None = None) -> None:
+        self.subnet = subnet
+        low, high = subnet.host_bounds
+        used = list(used)
+        self.free = FreeRanges.from_used(low, high, used)
+        for first, last in subnet.reserved_ranges():
+            self.free.take_range(first, last)
+        self.cursor = cursor
+        self.used = len(used)
+        self.allocatable = subnet.allocatable
+        self.free_in_range = self.free.count_free(*subnet.lease_range)
+
+    def _in_range(self, offset: int) -> bool:
+        first, last = self.subnet.lease_range
+        return first <= offset <= last
+
+    def take(self, offset: int) -> None:
+        self.free.take(offset)
+        self.used += 1
+        if self._in_range(offset):
+            self.free_in_range -= 1
+
+    def give(self, offset: int) -> None:
+        self.free.give(offset)
+        self.used -= 1
+        if self._in_range(offset):
+            self.free_in_range += 1
+
+    def next_dynamic(self) -> int:
+        """The offset rule 1 picks, without taking it."""
+        first, last = self.subnet.lease_range
+        start = first
+        if self.cursor is not None and first <= self.cursor + 1 <= last:
+            start = self.cursor + 1
+        found = self.free.first_free_at_or_after(start, last)
+        if found is None and start > first:
+            found = self.free.first_free_at_or_after(first, start - 1)
+        if found is None:
+            raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
+        return found
+
+    def stats(self) -> SubnetStats:
+        return SubnetStats(self.subnet.size, self.allocatable, self.used, self.free_in_range)
+
+
+class NetworkPool:
+    __slots__ = ("network", "subnets")
+
+    def __init__(self, network: Network, subnets: list[SubnetPool] | None = None) -> None:
+        self.network = network
+        self.subnets = subnets if subnets is not None else [SubnetPool(s) for s in network.subnets]
+
+
+class Allocator:
+    def __init__(self) -> None:
+        self.pools: dict[str, NetworkPool] = {}
+
+    def pool(self, name: str) -> NetworkPool:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise NetworkNotFound(f"could not find network {name!r}") from None
+
+    # -- networks --------------------------------------------------------
+
+    def create_network(self, network: Network) -> tuple[Network, list[Change]]:
+        existing = self.pools.get(network.name)
+        if existing is not None:
+            if existing.network == network:
+                return existing.network, []  # ensure: identical is a no-op
+            raise NetworkExists(
+                f"network {network.name} already exists with a different definition"
+            )
+        self.pools[network.name] = NetworkPool(network)
+        return network, [PutNetwork(network)]
+
+    def delete_network(
+        self, name: str, force: bool, view: WritableView
+    ) -> tuple[int, list[Change]]:
+        pool = self.pool(name)
+        leases = list(view.leases_in(name))
+        if leases and not force:
+            raise NetworkInUse(
+                f"network {name} has {len(leases)} lease(s); release them or delete with force"
+            )
+        changes: list[Change] = [self._release_lease(lease, view) for lease in leases]
+        del self.pools[name]
+        changes.append(DeleteNetwork(pool.network))
+        return len(leases), changes
+
+    # -- alloc -----------------------------------------------------------
+
+    def alloc(
+        self, request: AllocRequest, view: WritableView, now: int
+    ) -> tuple[dict[str, Lease], list[Change]]:
+        """Leases for every requested network, all new ones or none."""
+        leases: dict[str, Lease] = {}
+        changes: list[Change] = []
+        taken: list[tuple[SubnetPool, int]] = []
+        try:
+            for name, attachment in request.networks.items():
+                pool = self.pool(name)
+                key = LeaseKey(name, request.container_id, attachment.ifname)
+                existing = view.lease(key)
+                if existing is not None:
+                    _check_retry(existing, attachment)
+                    leases[name] = existing
+                    continue
+                if not pool.network.allocates:
+                    leases[name] = Lease(key, (), now)  # the seed's requiresIPAMAlloc: nothing
+                    continue
+                addresses = self._pick(pool, key, attachment, view, taken, changes)
+                lease = Lease(key, addresses, now, attachment.attributes or {})
+                leases[name] = lease
+                changes.append(PutLease(lease))
+        except IpamError:
+            for subnet_pool, offset in reversed(taken):
+                subnet_pool.give(offset)
+            for change in reversed(changes):
+                if isinstance(change, SetCursor):
+                    subnet_pool = self.pools[change.network].subnets[change.subnet]
+                    subnet_pool.cursor = _offset_or_none(subnet_pool.subnet, change.previous)
+            raise
+        for change in changes:
+            view.apply(change)
+        return leases, changes
+
+    def _pick(
+        self,
+        pool: NetworkPool,
+        key: LeaseKey,
+        attachment: Attachment,
+        view: LeaseView,
+        taken: list[tuple[SubnetPool, int]],
+        changes: list[Change],
+    ) -> tuple[IPAddress, ...]:
+        network = pool.network
+        static_by_subnet: dict[int, IPAddress] = {}
+        for address in attachment.static_ips:
+            index = network.subnet_of(address)
+            if index is None:
+                raise AddressNotAllocatable(
+                    f"requested ip address {address} is not in any subnet of network {network.name}"
+                )
+            if index in static_by_subnet:
+                raise InvalidRequest(
+                    f"requested ip addresses {static_by_subnet[index]} and {address} are in the"
+                    f" same subnet {network.subnets[index].cidr}: at most one per subnet"
+                )
+            static_by_subnet[index] = address
+
+        addresses: list[IPAddress] = []
+        for index, subnet_pool in enumerate(pool.subnets):
+            subnet = subnet_pool.subnet
+            static = static_by_subnet.get(index)
+            if static is not None:
+                reason = subnet.reserved_reason(static)
+                if reason is not None:
+                    raise AddressNotAllocatable(reason)
+                offset = subnet.offset(static)
+                if not subnet_pool.free.is_free(offset):
+                    holder = view.owner(network.name, static)
+                    raise AddressInUse(
+                        f"requested ip address {static} is already allocated to container ID"
+                        f" {holder.container_id if holder else '(unknown)'}"
+                    )
+            else:
+                offset = subnet_pool.next_dynamic()
+                changes.append(
+                    SetCursor(
+                        network.name,
+                        index,
+                        subnet.address_at(offset),
+                        _address_or_none(subnet, subnet_pool.cursor),
+                    )
+                )
+                subnet_pool.cursor = offset
+            subnet_pool.take(offset)
+            taken.append((subnet_pool, offset))
+            addresses.append(subnet.address_at(offset))
+        return tuple(addresses)
+
+    # -- release and gc --------------------------------------------------
+
+    def release(
+        self, request: ReleaseRequest, view: WritableView
+    ) -> tuple[dict[str, list[IPAddress]], list[Change]]:
+        if request.networks is None:
+            leases = [lease for lease in view.leases_of(request.container_id)]
+        else:
+            leases = []
+            for name, ifname in request.networks.items():
+                self.pool(name)  # an unknown network is an error, not a silent no-op
+                if ifname is None:
+                    leases += [
+                        lease
+                        for lease in view.leases_of(request.container_id)
+                        if lease.key.network == name
+                    ]
+                else:
+                    held = view.lease(LeaseKey(name, request.container_id, ifname))
+                    if held is not None:
+                        leases.append(held)
+        released: dict[str, list[IPAddress]] = {}
+        changes: list[Change] = []
+        for lease in leases:
+            changes.append(self._release_lease(lease, view))
+            released.setdefault(lease.key.network, []).extend(lease.addresses)
+        return released, changes
+
+    def gc(self, request: GcRequest, view: WritableView) -> tuple[list[Lease], list[Change]]:
+        self.pool(request.network)
+        stale = [
+            lease
+            for lease in view.leases_in(request.network)
+            if not request.keeps(lease.key.container_id, lease.key.ifname)
+        ]
+        if request.dry_run:
+            return stale, []
+        return stale, [self._release_lease(lease, view) for lease in stale]
+
+    def _release_lease(self, lease: Lease, view: WritableView) -> Change:
+        """Free what `lease` owns (only that) and drop it from the view."""
+        pool = self.pools.get(lease.key.network)
+        if pool is not None:
+            for address in lease.addresses:
+                index = pool.network.subnet_of(address)
+                if index is None or view.owner(lease.key.network, address) != lease.key:
+                    continue  # not ours to free: never hand out someone else's address
+                subnet_pool = pool.subnets[index]
+                offset = subnet_pool.subnet.offset(address)
+                if not subnet_pool.free.is_free(offset):
+                    subnet_pool.give(offset)
+        change = DeleteLease(lease)
+        view.apply(change)
+        return change
+
+
+def _check_retry(existing: Lease, attachment: Attachment) -> None:
+    """A retried alloc must not ask for other static addresses than the lease holds."""
+    wanted = set(attachment.static_ips) - set(existing.addresses)
+    if wanted:
+        held = ", ".join(map(str, existing.addresses)) or "no address"
+        asked = ", ".join(sorted(map(str, wanted)))
+        raise InvalidRequest(
+            f"{existing.key} already holds {held}; release it before requesting {asked}"
+        )
+
+
+def _address_or_none(subnet: Subnet, offset: int | None) -> IPAddress | None:
+    return None if offset is None else subnet.address_at(offset)
+
+
+def _offset_or_none(subnet: Subnet, address: IPAddress | None) -> int | None:
+    return None if address is None else subnet.offset(address)

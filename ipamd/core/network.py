@@ -1,0 +1,287 @@
+"""Networks and subnets: parsed and validated once, trusted everywhere after.
+
+`Network.from_wire()` is the only way in from the outside; it checks every field
+and raises `InvalidRequest` naming the bad value. Past that, the model is frozen
+and its derived numbers (the addresses a subnet may ever hand out, its lease
+range, its exclusions) are offsets from the subnet's network address, ready for
+the free-range index. Pure: no I/O.
+
+Rules (DESIGN.md sections 2 and 3, host-local's `Range.Canonicalize`):
+- The network address and the IPv4 broadcast are never handed out, except in
+  point-to-point prefixes (IPv4 /31 and /32, IPv6 /127 and /128, RFC 3021).
+- The gateway and excluded addresses are never handed out.
+- The lease range bounds dynamic allocation only; a static address may lie
+  anywhere in the subnet that is not reserved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipamd.errors import InvalidRequest
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+DEFAULT_DRIVER = "host-local"
+# A network with more subnets than this is a mistake, not a plan.
+MAX_SUBNETS = 16
+# Exclusions are kept as a list and applied at every index rebuild.
+MAX_EXCLUDES = 256
+
+SUBNET_KEYS = frozenset({"subnet", "gateway", "range_start", "range_end", "exclude"})
+NETWORK_KEYS = frozenset({"name", "driver", "subnets"})
+
+
+def parse_address(value: Any, what: str) -> IPAddress:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{what} must be an IP address string, got {value!r}")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidRequest(f"{what} {value!r} is not a valid IP address") from None
+
+
+def validate_name(value: Any, what: str = "network name") -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InvalidRequest(f"invalid {what} {value!r}: want 1-64 characters of [A-Za-z0-9_.-]")
+    return value
+
+
+def is_point_to_point(cidr: IPNetwork) -> bool:
+    return cidr.max_prefixlen - cidr.prefixlen <= 1
+
+
+@dataclass(frozen=True, slots=True)
+class Subnet:
+    cidr: IPNetwork
+    gateway: IPAddress | None = None
+    range_start: IPAddress | None = None
+    range_end: IPAddress | None = None
+    # Normalised exclusion ranges as (first, last) addresses, in the given order.
+    exclude: tuple[tuple[IPAddress, IPAddress], ...] = field(default=())
+
+    # -- derived offsets (from the network address) -------------------------
+
+    def offset(self, address: IPAddress) -> int:
+        return int(address) - int(self.cidr.network_address)
+
+    def address_at(self, offset: int) -> IPAddress:
+        return self.cidr.network_address + offset
+
+    @property
+    def size(self) -> int:
+        return int(self.cidr.num_addresses)
+
+    @property
+    def host_bounds(self) -> tuple[int, int]:
+        """Offsets of the first and last address that may ever be handed out."""
+        last = self.size - 1
+        if is_point_to_point(self.cidr):
+            return 0, last
+        if self.cidr.version == 4:
+            return 1, last - 1  # minus network and broadcast
+        return 1, last  # minus the network (subnet-router anycast) address
+
+    @property
+    def lease_range(self) -> tuple[int, int]:
+        """Offsets bounding dynamic allocation, clipped to the host bounds.
+
+        May be empty (first > last), e.g. a range of just the network address.
+        """
+        low, high = self.host_bounds
+        first = low if self.range_start is None else max(low, self.offset(self.range_start))
+        last = high if self.range_end is None else min(high, self.offset(self.range_end))
+        return first, last
+
+    def reserved_ranges(self) -> list[tuple[int, int]]:
+        """Offset ranges inside the host bounds that are never handed out."""
+        reserved = [(self.offset(a), self.offset(b)) for a, b in self.exclude]
+        if self.gateway is not None:
+            reserved.append((self.offset(self.gateway), self.offset(self.gateway)))
+        return reserved
+
+    def reserved_reason(self, address: IPAddress) -> str | None:
+        """Why `address` (inside the subnet) may not be leased, or None."""
+        offset = self.offset(address)
+        low, high = self.host_bounds
+        if offset < low:
+            return f"requested ip address {address} is the network address of subnet {self.cidr}"
+        if offset > high:
+            return f"requested ip address {address} is the broadcast address of subnet {self.cidr}"
+        if address == self.gateway:
+            return f"requested ip address {address} is subnet's gateway"
+        for first, last in self.exclude:
+            if int(first) <= int(address) <= int(last):
+                return f"requested ip address {address} is excluded in subnet {self.cidr}"
+        return None
+
+    @property
+    def allocatable(self) -> int:
+        """How many addresses dynamic allocation may ever hand out."""
+        first, last = self.lease_range
+        if first > last:
+            return 0
+        count = last - first + 1
+        covered: list[tuple[int, int]] = []
+        for a, b in sorted(self.reserved_ranges()):
+            a, b = max(a, first), min(b, last)
+            if a > b:
+                continue
+            if covered and a <= covered[-1][1] + 1:
+                covered[-1] = (covered[-1][0], max(covered[-1][1], b))
+            else:
+                covered.append((a, b))
+        return count - sum(b - a + 1 for a, b in covered)
+
+    @property
+    def range_text(self) -> str:
+        """The lease range as the seed's exhaustion message names it: `A - B`."""
+        first, last = self.lease_range
+        return f"{self.address_at(first)} - {self.address_at(last)}"
+
+    # -- wire form ----------------------------------------------------------
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"subnet": str(self.cidr)}
+        if self.gateway is not None:
+            out["gateway"] = str(self.gateway)
+        if self.range_start is not None:
+            out["range_start"] = str(self.range_start)
+        if self.range_end is not None:
+            out["range_end"] = str(self.range_end)
+        if self.exclude:
+            out["exclude"] = [str(a) if a == b else f"{a}-{b}" for a, b in self.exclude]
+        return out
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Subnet:
+        if isinstance(raw, list) and not raw:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise InvalidRequest(f"a subnet must be a map, got {raw!r}")
+        unknown = set(raw) - SUBNET_KEYS
+        if unknown:
+            raise InvalidRequest(f"unknown subnet key(s) {sorted(map(str, unknown))}")
+        value = raw.get("subnet")
+        if not isinstance(value, str):
+            raise InvalidRequest(f"subnet must be a CIDR string, got {value!r}")
+        try:
+            # strict=False: like host-local, "10.88.0.5/16" means 10.88.0.0/16.
+            cidr: IPNetwork = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise InvalidRequest(f"subnet {value!r} is not a valid CIDR") from None
+        if "/" not in value:
+            raise InvalidRequest(f"subnet {value!r} needs a prefix length, e.g. {value}/24")
+
+        def inside(key: str) -> IPAddress | None:
+            if raw.get(key) is None:
+                return None
+            address = parse_address(raw[key], key)
+            if address not in cidr:
+                raise InvalidRequest(f"{key} {address} is not in subnet {cidr}")
+            return address
+
+        gateway = inside("gateway")
+        range_start = inside("range_start")
+        range_end = inside("range_end")
+        if range_start is not None and range_end is not None and int(range_start) > int(range_end):
+            raise InvalidRequest(f"range_start {range_start} is after range_end {range_end}")
+        subnet = cls(cidr, gateway, range_start, range_end, _parse_excludes(raw, cidr))
+        if gateway is not None:
+            low, high = subnet.host_bounds
+            if not low <= subnet.offset(gateway) <= high:
+                raise InvalidRequest(
+                    f"gateway {gateway} is the network or broadcast address of subnet {cidr}"
+                )
+        return subnet
+
+
+def _parse_excludes(
+    raw: dict[str, Any], cidr: IPNetwork
+) -> tuple[tuple[IPAddress, IPAddress], ...]:
+    entries = raw.get("exclude") or []
+    if not isinstance(entries, list):
+        raise InvalidRequest(f"exclude must be a list, got {entries!r}")
+    if len(entries) > MAX_EXCLUDES:
+        raise InvalidRequest(f"too many exclude entries ({len(entries)} > {MAX_EXCLUDES})")
+    out: list[tuple[IPAddress, IPAddress]] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InvalidRequest(f"exclude entry must be a string, got {entry!r}")
+        try:
+            if "/" in entry:
+                excluded = ipaddress.ip_network(entry, strict=False)
+                first, last = excluded.network_address, excluded.broadcast_address
+            elif "-" in entry:
+                a, b = entry.split("-", 1)
+                first, last = ipaddress.ip_address(a.strip()), ipaddress.ip_address(b.strip())
+            else:
+                first = last = ipaddress.ip_address(entry)
+        except ValueError:
+            raise InvalidRequest(
+                f"exclude entry {entry!r} is not an address, a CIDR or an a-b range"
+            ) from None
+        if first.version != cidr.version or int(first) > int(last):
+            raise InvalidRequest(f"exclude entry {entry!r} is not a range in subnet {cidr}")
+        if first not in cidr or last not in cidr:
+            raise InvalidRequest(f"exclude entry {entry!r} is not in subnet {cidr}")
+        out.append((first, last))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    name: str
+    subnets: tuple[Subnet, ...]
+    driver: str = DEFAULT_DRIVER
+
+    @property
+    def allocates(self) -> bool:
+        """Whether ipamd hands out addresses here (the seed's `requiresIPAMAlloc`)."""
+        return self.driver in ("", DEFAULT_DRIVER) and bool(self.subnets)
+
+    def subnet_of(self, address: IPAddress) -> int | None:
+        """Index of the subnet holding `address`, or None."""
+        for i, subnet in enumerate(self.subnets):
+            if address.version == subnet.cidr.version and address in subnet.cidr:
+                return i
+        return None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "subnets": [subnet.to_wire() for subnet in self.subnets],
+        }
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Network:
+        if not isinstance(raw, dict):
+            raise InvalidRequest(f"a network must be a map, got {raw!r}")
+        unknown = set(raw) - NETWORK_KEYS
+        if unknown:
+            raise InvalidRequest(f"unknown network key(s) {sorted(map(str, unknown))}")
+        name = validate_name(raw.get("name"))
+        driver = raw.get("driver", DEFAULT_DRIVER)
+        if driver is None or driver == "":
+            driver = DEFAULT_DRIVER
+        if not isinstance(driver, str) or not NAME_PATTERN.fullmatch(driver):
+            raise InvalidRequest(f"invalid driver {driver!r} for network {name}")
+        raw_subnets = raw.get("subnets", [])
+        if not isinstance(raw_subnets, list):
+            raise InvalidRequest(f"subnets of network {name} must be a list, got {raw_subnets!r}")
+        if len(raw_subnets) > MAX_SUBNETS:
+            raise InvalidRequest(
+                f"network {name} has {len(raw_subnets)} subnets (max {MAX_SUBNETS})"
+            )
+        subnets = tuple(Subnet.from_wire(s) for s in raw_subnets)
+        for i, a in enumerate(subnets):
+            for b in subnets[:i]:
+                if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):  # type: ignore[arg-type,unused-ignore]
+                    raise InvalidRequest(f"subnets {b.cidr} and {a.cidr} of network {name} overlap")
+        return cls(name, subnets, driver)

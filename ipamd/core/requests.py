@@ -1,0 +1,167 @@
+"""Mutation requests, parsed from their wire params once and trusted after.
+
+The server turns `params` maps into these frozen objects (raising
+`InvalidRequest` naming the bad value); the writer and the allocator only ever
+see them. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ipamd.core.lease import (
+    validate_attributes,
+    validate_container_id,
+    validate_ifname,
+)
+from ipamd.core.network import IPAddress, Network, parse_address, validate_name
+from ipamd.errors import InvalidRequest
+
+# One request may name this many networks; more is a mistake, not a plan.
+MAX_NETWORKS_PER_REQUEST = 64
+MAX_STATIC_IPS = 16
+MAX_GC_VALID = 1_000_000
+
+
+def as_map(value: Any, what: str) -> dict[str, Any]:
+    """A map, or an empty array standing for one (Lua's encoders can't tell them apart)."""
+    if value is None or (isinstance(value, list) and not value):
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{what} must be a map, got {value!r}")
+    return value
+
+
+def check_keys(params: dict[str, Any], allowed: set[str], what: str) -> None:
+    unknown = set(params) - allowed
+    if unknown:
+        raise InvalidRequest(f"unknown {what} key(s) {sorted(map(str, unknown))}")
+
+
+def optional_bool(params: dict[str, Any], key: str) -> bool:
+    value = params.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    ifname: str = ""
+    static_ips: tuple[IPAddress, ...] = ()
+    attributes: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AllocRequest:
+    container_id: str
+    networks: dict[str, Attachment]
+
+    @classmethod
+    def from_wire(cls, params: dict[str, Any]) -> AllocRequest:
+        check_keys(params, {"container_id", "networks"}, "alloc")
+        container_id = validate_container_id(params.get("container_id"))
+        raw_networks = as_map(params.get("networks"), "networks")
+        if not raw_networks:
+            raise InvalidRequest("alloc needs at least one network in networks")
+        if len(raw_networks) > MAX_NETWORKS_PER_REQUEST:
+            raise InvalidRequest(
+                f"too many networks in one request (max {MAX_NETWORKS_PER_REQUEST})"
+            )
+        networks: dict[str, Attachment] = {}
+        for name, raw in raw_networks.items():
+            validate_name(name)
+            options = as_map(raw, f"options of network {name}")
+            check_keys(options, {"ifname", "static_ips", "attributes"}, "network option")
+            static = options.get("static_ips") or []
+            if not isinstance(static, list) or len(static) > MAX_STATIC_IPS:
+                raise InvalidRequest(
+                    f"static_ips must be a list of at most {MAX_STATIC_IPS} addresses"
+                )
+            networks[name] = Attachment(
+                ifname=validate_ifname(options.get("ifname")),
+                static_ips=tuple(parse_address(ip, "static ip") for ip in static),
+                attributes=validate_attributes(options.get("attributes")),
+            )
+        return cls(container_id, networks)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    container_id: str
+    # None: every network. Per network, None: every ifname of the container there.
+    networks: dict[str, str | None] | None
+
+    @classmethod
+    def from_wire(cls, params: dict[str, Any]) -> ReleaseRequest:
+        check_keys(params, {"container_id", "networks"}, "release")
+        container_id = validate_container_id(params.get("container_id"))
+        if params.get("networks") is None:
+            return cls(container_id, None)
+        networks: dict[str, str | None] = {}
+        for name, raw in as_map(params["networks"], "networks").items():
+            validate_name(name)
+            options = as_map(raw, f"options of network {name}")
+            check_keys(options, {"ifname"}, "network option")
+            ifname = options.get("ifname")
+            networks[name] = None if ifname is None else validate_ifname(ifname)
+        return cls(container_id, networks)
+
+
+@dataclass(frozen=True, slots=True)
+class GcRequest:
+    network: str
+    # (container_id, ifname); ifname None keeps every attachment of the container.
+    valid: frozenset[tuple[str, str | None]]
+    dry_run: bool = False
+
+    def keeps(self, container_id: str, ifname: str) -> bool:
+        return (container_id, ifname) in self.valid or (container_id, None) in self.valid
+
+    @classmethod
+    def from_wire(cls, params: dict[str, Any]) -> GcRequest:
+        check_keys(params, {"network", "valid", "dry_run"}, "gc")
+        network = validate_name(params.get("network"))
+        raw_valid = params.get("valid")
+        if not isinstance(raw_valid, list) or len(raw_valid) > MAX_GC_VALID:
+            raise InvalidRequest(
+                f"valid must be a list of {{container_id, ifname?}}, got {raw_valid!r}"
+            )
+        valid: set[tuple[str, str | None]] = set()
+        for entry in raw_valid:
+            entry = as_map(entry, "valid entry")
+            check_keys(entry, {"container_id", "ifname"}, "valid entry")
+            ifname = entry.get("ifname")
+            valid.add(
+                (
+                    validate_container_id(entry.get("container_id")),
+                    None if ifname is None else validate_ifname(ifname),
+                )
+            )
+        return cls(network, frozenset(valid), optional_bool(params, "dry_run"))
+
+
+@dataclass(frozen=True, slots=True)
+class CreateNetworkRequest:
+    network: Network
+
+    @classmethod
+    def from_wire(cls, params: dict[str, Any]) -> CreateNetworkRequest:
+        return cls(Network.from_wire(params))
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteNetworkRequest:
+    name: str
+    force: bool = False
+
+    @classmethod
+    def from_wire(cls, params: dict[str, Any]) -> DeleteNetworkRequest:
+        check_keys(params, {"name", "force"}, "network.delete")
+        return cls(validate_name(params.get("name")), optional_bool(params, "force"))
+
+
+Mutation = AllocRequest | ReleaseRequest | GcRequest | CreateNetworkRequest | DeleteNetworkRequest

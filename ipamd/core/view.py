@@ -1,0 +1,141 @@
+"""How the allocator looks up leases without doing I/O itself.
+
+Leases live in the store, not in memory (a million leases would not fit the
+daemon's memory budget); the allocator asks a `LeaseView` instead. The writer
+hands it a `PendingLeases` over the store, so that a decision sees the
+decisions made before it in the same batch. `MemoryLeases` is the same view
+over plain dicts, for tests and models. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ipamd.core.lease import Lease, LeaseKey
+from ipamd.core.network import IPAddress, Network
+
+
+class LeaseView(Protocol):
+    def lease(self, key: LeaseKey) -> Lease | None: ...
+
+    def owner(self, network: str, address: IPAddress) -> LeaseKey | None: ...
+
+    def leases_of(self, container_id: str) -> Iterable[Lease]:
+        """Every lease of a container, on every network."""
+        ...
+
+    def leases_in(self, network: str) -> Iterable[Lease]: ...
+
+
+# -- the changes a decision asks the store to persist ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutNetwork:
+    network: Network
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteNetwork:
+    network: Network
+
+
+@dataclass(frozen=True, slots=True)
+class PutLease:
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteLease:
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class SetCursor:
+    network: str
+    subnet: int
+    address: IPAddress
+    previous: IPAddress | None  # what to restore if the decision is undone
+
+
+Change = PutNetwork | DeleteNetwork | PutLease | DeleteLease | SetCursor
+
+
+class MemoryLeases:
+    """A `LeaseView` over dicts that applies changes as they come."""
+
+    def __init__(self) -> None:
+        self.leases: dict[LeaseKey, Lease] = {}
+        self.owners: dict[tuple[str, IPAddress], LeaseKey] = {}
+
+    def lease(self, key: LeaseKey) -> Lease | None:
+        return self.leases.get(key)
+
+    def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
+        return self.owners.get((network, address))
+
+    def leases_of(self, container_id: str) -> Iterator[Lease]:
+        return (lease for key, lease in self.leases.items() if key.container_id == container_id)
+
+    def leases_in(self, network: str) -> Iterator[Lease]:
+        return (lease for key, lease in self.leases.items() if key.network == network)
+
+    def apply(self, change: Change) -> None:
+        if isinstance(change, PutLease):
+            self.leases[change.lease.key] = change.lease
+            for address in change.lease.addresses:
+                self.owners[(change.lease.key.network, address)] = change.lease.key
+        elif isinstance(change, DeleteLease):
+            self.leases.pop(change.lease.key, None)
+            for address in change.lease.addresses:
+                if self.owners.get((change.lease.key.network, address)) == change.lease.key:
+                    del self.owners[(change.lease.key.network, address)]
+
+
+class PendingLeases:
+    """A base view plus the not-yet-persisted changes of the batch being decided."""
+
+    def __init__(self, base: LeaseView) -> None:
+        self.base = base
+        self._leases: dict[LeaseKey, Lease | None] = {}  # None: deleted in this batch
+        self._owners: dict[tuple[str, IPAddress], LeaseKey | None] = {}
+
+    def lease(self, key: LeaseKey) -> Lease | None:
+        if key in self._leases:
+            return self._leases[key]
+        return self.base.lease(key)
+
+    def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
+        if (network, address) in self._owners:
+            return self._owners[(network, address)]
+        return self.base.owner(network, address)
+
+    def _merged(
+        self, base: Iterable[Lease], wanted: dict[LeaseKey, Lease | None]
+    ) -> Iterator[Lease]:
+        for lease in base:
+            if lease.key not in self._leases:
+                yield lease
+        for pending in wanted.values():
+            if pending is not None:
+                yield pending
+
+    def leases_of(self, container_id: str) -> Iterator[Lease]:
+        mine = {k: v for k, v in self._leases.items() if k.container_id == container_id}
+        return self._merged(self.base.leases_of(container_id), mine)
+
+    def leases_in(self, network: str) -> Iterator[Lease]:
+        mine = {k: v for k, v in self._leases.items() if k.network == network}
+        return self._merged(self.base.leases_in(network), mine)
+
+    def apply(self, change: Change) -> None:
+        if isinstance(change, PutLease):
+            self._leases[change.lease.key] = change.lease
+            for address in change.lease.addresses:
+                self._owners[(change.lease.key.network, address)] = change.lease.key
+        elif isinstance(change, DeleteLease):
+            self._leases[change.lease.key] = None
+            for address in change.lease.addresses:
+                self._owners[(change.lease.key.network, address)] = None
