@@ -298,17 +298,19 @@ class Allocator:
 
     def _release_lease(self, lease: Lease, view: WritableView) -> Change:
         """Free what `lease` owns (only that) and drop it from the view."""
+        # Not ours to free: never hand out, or forget, someone else's address.
+        owned = tuple(a for a in lease.addresses if view.owner(lease.key.network, a) == lease.key)
         pool = self.pools.get(lease.key.network)
         if pool is not None:
-            for address in lease.addresses:
+            for address in owned:
                 index = pool.network.subnet_of(address)
-                if index is None or view.owner(lease.key.network, address) != lease.key:
-                    continue  # not ours to free: never hand out someone else's address
+                if index is None:
+                    continue
                 subnet_pool = pool.subnets[index]
                 offset = subnet_pool.subnet.offset(address)
                 if not subnet_pool.free.is_free(offset):
                     subnet_pool.give(offset)
-        change = DeleteLease(lease)
+        change = DeleteLease(lease, owned)
         view.apply(change)
         return change
 

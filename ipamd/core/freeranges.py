@@ -131,6 +131,8 @@ class FreeRanges:
 
     def count_free(self, first: int, last: int) -> int:
         """How many free addresses lie in `[first, last]`. O(runs in that span)."""
+        if first > last:
+            return 0  # an empty span; a run straddling it would count negatively
         lo = bisect_right(self._ends, first - 1)
         hi = bisect_right(self._starts, last)
         return sum(

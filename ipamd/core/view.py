@@ -50,6 +50,8 @@ class PutLease:
 @dataclass(frozen=True, slots=True)
 class DeleteLease:
     lease: Lease
+    # The addresses whose reverse entries name this lease: only those are freed.
+    owned: tuple[IPAddress, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,9 +91,8 @@ class MemoryLeases:
                 self.owners[(change.lease.key.network, address)] = change.lease.key
         elif isinstance(change, DeleteLease):
             self.leases.pop(change.lease.key, None)
-            for address in change.lease.addresses:
-                if self.owners.get((change.lease.key.network, address)) == change.lease.key:
-                    del self.owners[(change.lease.key.network, address)]
+            for address in change.owned:
+                del self.owners[(change.lease.key.network, address)]
 
 
 class PendingLeases:
@@ -137,5 +138,5 @@ class PendingLeases:
                 self._owners[(change.lease.key.network, address)] = change.lease.key
         elif isinstance(change, DeleteLease):
             self._leases[change.lease.key] = None
-            for address in change.lease.addresses:
+            for address in change.owned:
                 self._owners[(change.lease.key.network, address)] = None

@@ -1,0 +1,140 @@
+"""Key and value encoding for the LevelDB store. Pure: bytes in, bytes out.
+
+Each kind of key has its own one-byte prefix, so a kind is one contiguous,
+ordered key range. Names never contain NUL (validated), so NUL separates parts
+and no name is a prefix of another's keys.
+
+    \\x00schema                          -> msgpack int: the schema version
+    N <network>                         -> msgpack network (its wire form)
+    L <container_id> \\0 <network> \\0 <ifname>
+                                        -> msgpack {"ips": [str], "created": int,
+                                                    "attributes"?: {str: str}}
+    R <network> \\0 <4|6> <address>      -> msgpack [container_id, ifname]
+    C <network> \\0 <subnet#>            -> packed address: the subnet's cursor
+
+Leases are keyed by container first, so `get` for a container is one prefix
+scan; reverse entries are keyed by IP version and address (4 or 16 big-endian
+bytes), so finding an address's owner is one get, a subnet's leases are one
+ordered key range (`reverse_span`), and rebuilding the index reads keys only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import msgpack
+
+from ipamd.core.lease import Lease, LeaseKey
+from ipamd.core.network import IPAddress, IPNetwork, Network
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = b"\x00schema"
+NETWORK = b"N"
+LEASE = b"L"
+REVERSE = b"R"
+CURSOR = b"C"
+SEP = b"\x00"
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False)
+
+
+def packed_address(address: IPAddress) -> bytes:
+    return address.packed
+
+
+def unpacked_address(data: bytes) -> IPAddress:
+    return ipaddress.ip_address(data)
+
+
+# -- networks ---------------------------------------------------------------
+
+
+def network_key(name: str) -> bytes:
+    return NETWORK + name.encode()
+
+
+def network_value(network: Network) -> bytes:
+    return pack(network.to_wire())
+
+
+def decode_network(value: bytes) -> Network:
+    return Network.from_wire(unpack(value))
+
+
+# -- leases -----------------------------------------------------------------
+
+
+def container_prefix(container_id: str) -> bytes:
+    return LEASE + container_id.encode() + SEP
+
+
+def lease_key(key: LeaseKey) -> bytes:
+    return container_prefix(key.container_id) + key.network.encode() + SEP + key.ifname.encode()
+
+
+def decode_lease_key(raw: bytes) -> LeaseKey:
+    container_id, network, ifname = raw[len(LEASE) :].decode().split("\x00", 2)
+    return LeaseKey(network, container_id, ifname)
+
+
+def lease_value(lease: Lease) -> bytes:
+    value: dict[str, Any] = {
+        "ips": [str(address) for address in lease.addresses],
+        "created": lease.created,
+    }
+    if lease.attributes:
+        value["attributes"] = lease.attributes
+    return pack(value)
+
+
+def decode_lease(key: LeaseKey, value: bytes) -> Lease:
+    raw = unpack(value)
+    return Lease(
+        key,
+        tuple(ipaddress.ip_address(ip) for ip in raw["ips"]),
+        int(raw["created"]),
+        dict(raw.get("attributes") or {}),
+    )
+
+
+# -- reverse entries and cursors ------------------------------------------------
+
+
+def reverse_network_prefix(network: str) -> bytes:
+    return REVERSE + network.encode() + SEP
+
+
+def reverse_key(network: str, address: IPAddress) -> bytes:
+    return reverse_network_prefix(network) + bytes([address.version]) + address.packed
+
+
+def reverse_span(network: str, cidr: IPNetwork) -> tuple[bytes, bytes]:
+    """`[start, stop)` of the reverse keys of every address in `cidr`."""
+    return (
+        reverse_key(network, cidr.network_address),
+        reverse_key(network, cidr.broadcast_address) + SEP,
+    )
+
+
+def address_of_reverse_key(network: str, raw: bytes) -> IPAddress:
+    return ipaddress.ip_address(raw[len(network) + 3 :])
+
+
+def reverse_value(key: LeaseKey) -> bytes:
+    return pack([key.container_id, key.ifname])
+
+
+def decode_reverse_value(network: str, value: bytes) -> LeaseKey:
+    container_id, ifname = unpack(value)
+    return LeaseKey(network, container_id, ifname)
+
+
+def cursor_key(network: str, subnet: int) -> bytes:
+    return CURSOR + network.encode() + SEP + bytes([subnet])

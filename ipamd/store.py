@@ -1,0 +1,308 @@
+"""The LevelDB store: the only module that imports plyvel.
+
+Rules it keeps:
+- It persists `Change`s (see core/view.py) in ONE `WriteBatch(sync=True)`: a
+  lease and its reverse entries always travel together.
+- It never repairs anything silently. A database LevelDB refuses to open, a
+  newer schema, or leases that disagree with their reverse entries raise
+  `CorruptDatabase`; `ipamd check` (check.py) says what exactly is wrong.
+- plyvel's exceptions are translated here: write failures become
+  `StorageError`, open failures `CorruptDatabase` or `StoreUnavailable`.
+- It is a `LeaseView` for the allocator and the readers. Reads are point gets
+  and bounded scans, served from LevelDB's memtable and block cache in
+  microseconds, so callers make them inline; `open`, `load` and `write` block
+  for long and are called from a worker thread (writer.py is that one seam).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import plyvel
+
+from ipamd.core import keys
+from ipamd.core.allocator import Allocator, NetworkPool, SubnetPool
+from ipamd.core.lease import Lease, LeaseKey
+from ipamd.core.network import IPAddress, IPNetwork, Network
+from ipamd.core.view import (
+    Change,
+    DeleteLease,
+    DeleteNetwork,
+    PutLease,
+    PutNetwork,
+    SetCursor,
+)
+from ipamd.errors import StorageError, Unavailable
+
+DB_DIRNAME = "leases.ldb"
+# LevelDB's default 4 MiB write buffer makes each log file (replayed at open)
+# small; the block cache serves the point reads of `get` and `lease.owner`.
+BLOCK_CACHE_BYTES = 16 << 20
+# Room for the new MANIFEST, log and LOG files a reopen creates.
+REOPEN_MARGIN_BYTES = 64 << 10
+
+
+class CorruptDatabase(Exception):
+    """The database cannot be trusted; restarting will not help (exit status 65)."""
+
+
+class StoreUnavailable(Exception):
+    """The database could not be opened for a reason other than corruption."""
+
+
+@dataclass
+class LoadReport:
+    networks: int = 0
+    leases: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_DIRNAME
+        self._db: plyvel.DB | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self, *, create: bool = True) -> None:
+        """Open (creating if allowed) and check the schema. Blocks."""
+        if create:
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise StoreUnavailable(
+                    f"cannot create state directory {self.state_dir}: {e}"
+                ) from e
+        elif not self.path.exists():
+            raise StoreUnavailable(f"no database at {self.path}")
+        try:
+            db = plyvel.DB(
+                str(self.path),
+                create_if_missing=create,
+                lru_cache_size=BLOCK_CACHE_BYTES,
+            )
+        except plyvel.CorruptionError as e:
+            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+        except plyvel.IOError as e:
+            raise StoreUnavailable(f"cannot open database {self.path}: {e}") from e
+        except plyvel.Error as e:
+            # LevelDB reports a missing CURRENT or MANIFEST as "Invalid argument".
+            raise CorruptDatabase(f"database {self.path} cannot be opened: {e}") from e
+        try:
+            self._check_schema(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _check_schema(self, db: plyvel.DB) -> None:
+        raw = db.get(keys.SCHEMA_KEY)
+        if raw is None:
+            if next(db.iterator(include_value=False), None) is not None:
+                raise CorruptDatabase(f"database {self.path} has data but no schema version")
+            db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION), sync=True)
+            return
+        version = keys.unpack(raw)
+        if not isinstance(version, int) or version > keys.SCHEMA_VERSION:
+            raise CorruptDatabase(
+                f"database {self.path} has schema version {version!r}, newer than this ipamd"
+                f" understands ({keys.SCHEMA_VERSION}); upgrade ipamd or restore a backup"
+            )
+        if version < keys.SCHEMA_VERSION:  # no older schema exists yet
+            raise CorruptDatabase(
+                f"database {self.path} has schema version {version}; no migration to"
+                f" {keys.SCHEMA_VERSION} is known"
+            )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
+    def db(self) -> plyvel.DB:
+        if self._db is None:
+            raise Unavailable("the database is being reopened; try again")
+        return self._db
+
+    def room_to_reopen(self) -> str | None:
+        """None if the disk has room to reopen (flush the log); else why not.
+
+        Reopening replays LevelDB's log into a new table file, which needs
+        about the log's size in free space; trying without it would close the
+        handle that still serves reads, and fail.
+        """
+        try:
+            needed = sum(p.stat().st_size for p in self.path.glob("*.log")) + REOPEN_MARGIN_BYTES
+            stats = os.statvfs(self.path)
+        except OSError as e:
+            return f"cannot check free space in {self.path}: {e}"
+        free = stats.f_bavail * stats.f_frsize
+        if free < needed:
+            return f"{free} bytes free in {self.path}, {needed} needed to reopen the database"
+        return None
+
+    # -- writes --------------------------------------------------------------
+
+    def write(self, changes: list[Change]) -> None:
+        """Persist every change in one synced batch. Blocks; raises StorageError."""
+        try:
+            with self.db.write_batch(sync=True) as batch:
+                for change in changes:
+                    _put_change(batch, change)
+        except plyvel.Error as e:
+            raise StorageError(f"write to {self.path} failed: {e}") from e
+        except OSError as e:
+            raise StorageError(
+                f"write to {self.path} failed: {os.strerror(e.errno or errno.EIO)}"
+            ) from e
+
+    # -- the LeaseView ---------------------------------------------------------
+
+    def lease(self, key: LeaseKey) -> Lease | None:
+        raw = self.db.get(keys.lease_key(key))
+        return None if raw is None else keys.decode_lease(key, raw)
+
+    def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
+        raw = self.db.get(keys.reverse_key(network, address))
+        return None if raw is None else keys.decode_reverse_value(network, raw)
+
+    def leases_of(self, container_id: str) -> Iterator[Lease]:
+        prefix = keys.container_prefix(container_id)
+        for raw_key, value in list(self.db.iterator(prefix=prefix)):
+            yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+
+    def leases_in(self, network: str) -> Iterator[Lease]:
+        """Every lease of a network, in address order of its first subnet."""
+        return iter(self.leases_in_subnet(network, None, after=None, limit=None))
+
+    def leases_in_subnet(
+        self, network: str, cidr: IPNetwork | None, after: IPAddress | None, limit: int | None
+    ) -> list[Lease]:
+        """Leases in address order within one subnet, strictly after `after`.
+
+        Every lease holds exactly one address in every subnet of its network, so
+        one subnet's reverse entries name every lease once. `cidr` None means the
+        network's first subnet.
+        """
+        if cidr is None:
+            raw = self.db.get(keys.network_key(network))
+            if raw is None or not keys.decode_network(raw).subnets:
+                return []
+            cidr = keys.decode_network(raw).subnets[0].cidr
+        start, stop = keys.reverse_span(network, cidr)
+        if after is not None:
+            start = max(start, keys.reverse_key(network, after) + keys.SEP)
+        out: list[Lease] = []
+        for _, value in self.db.iterator(start=start, stop=stop):
+            lease = self.lease(keys.decode_reverse_value(network, value))
+            if lease is not None:
+                out.append(lease)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def reverse_entries(self, network: str) -> Iterator[tuple[IPAddress, LeaseKey]]:
+        """Every (address, owner) of a network, whatever subnet it claims."""
+        for raw_key, value in self.db.iterator(prefix=keys.reverse_network_prefix(network)):
+            address = keys.address_of_reverse_key(network, raw_key)
+            yield address, keys.decode_reverse_value(network, value)
+
+    def reverse_networks(self) -> set[str]:
+        """Names of every network that has reverse entries (for `ipamd check`)."""
+        names: set[str] = set()
+        for raw_key in self.db.iterator(prefix=keys.REVERSE, include_value=False):
+            names.add(raw_key[1:].split(keys.SEP, 1)[0].decode())
+        return names
+
+    def networks(self) -> Iterator[Network]:
+        for _, value in self.db.iterator(prefix=keys.NETWORK):
+            yield keys.decode_network(value)
+
+    def all_leases(self) -> Iterator[Lease]:
+        for raw_key, value in self.db.iterator(prefix=keys.LEASE):
+            yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+
+    # -- rebuild -----------------------------------------------------------------
+
+    def load(self) -> Allocator:
+        """Rebuild every network's pools from the reverse entries. Blocks.
+
+        Raises CorruptDatabase when the leases and reverse entries disagree in
+        number (a cheap check that stays within the start-up budget; `ipamd
+        check` compares them entry by entry).
+        """
+        db = self.db
+        allocator = Allocator()
+        for network in self.networks():
+            subnet_pools: list[SubnetPool] = []
+            skip = len(keys.reverse_network_prefix(network.name)) + 1  # + the version byte
+            for index, subnet in enumerate(network.subnets):
+                start, stop = keys.reverse_span(network.name, subnet.cidr)
+                base = int(subnet.cidr.network_address)
+                used = [
+                    int.from_bytes(raw[skip:], "big") - base
+                    for raw in db.iterator(start=start, stop=stop, include_value=False)
+                ]
+                raw_cursor = db.get(keys.cursor_key(network.name, index))
+                cursor = None
+                if raw_cursor is not None:
+                    cursor = subnet.offset(keys.unpacked_address(raw_cursor))
+                subnet_pools.append(SubnetPool(subnet, used, cursor))
+            allocator.pools[network.name] = NetworkPool(network, subnet_pools)
+        self._check_counts(allocator)
+        return allocator
+
+    def _check_counts(self, allocator: Allocator) -> None:
+        leases_per_network: dict[str, int] = {}
+        for raw_key in self.db.iterator(prefix=keys.LEASE, include_value=False):
+            network = raw_key.split(keys.SEP, 2)[1].decode()
+            leases_per_network[network] = leases_per_network.get(network, 0) + 1
+        for name, count in leases_per_network.items():
+            if name not in allocator.pools:
+                raise CorruptDatabase(
+                    f"{count} lease(s) on network {name!r}, which is not defined;"
+                    " run `ipamd check` for details"
+                )
+        for name, pool in allocator.pools.items():
+            leases = leases_per_network.get(name, 0)
+            for subnet_pool in pool.subnets:
+                if subnet_pool.used != leases:
+                    raise CorruptDatabase(
+                        f"network {name}: {leases} lease(s) but {subnet_pool.used} reverse"
+                        f" entries in subnet {subnet_pool.subnet.cidr};"
+                        " run `ipamd check` for details"
+                    )
+
+
+def _put_change(batch: plyvel.WriteBatch, change: Change) -> None:
+    if isinstance(change, PutNetwork):
+        batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
+    elif isinstance(change, DeleteNetwork):
+        batch.delete(keys.network_key(change.network.name))
+        for index in range(len(change.network.subnets)):
+            batch.delete(keys.cursor_key(change.network.name, index))
+    elif isinstance(change, PutLease):
+        lease = change.lease
+        batch.put(keys.lease_key(lease.key), keys.lease_value(lease))
+        _put_reverse_entries(batch, lease)
+    elif isinstance(change, DeleteLease):
+        batch.delete(keys.lease_key(change.lease.key))
+        for address in change.owned:
+            batch.delete(keys.reverse_key(change.lease.key.network, address))
+    elif isinstance(change, SetCursor):
+        batch.put(keys.cursor_key(change.network, change.subnet), change.address.packed)
+
+
+def _put_reverse_entries(batch: plyvel.WriteBatch, lease: Lease) -> None:
+    for address in lease.addresses:
+        batch.put(keys.reverse_key(lease.key.network, address), keys.reverse_value(lease.key))

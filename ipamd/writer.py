@@ -1,0 +1,281 @@
+"""The single writer: every mutation is decided here, in order, and made durable
+in groups (LevelDB's `BuildBatchGroup`, in a trio task).
+
+Rules it keeps:
+- It is the only code that writes. Mutations arrive over a channel; the writer
+  blocks for the first, takes every other one already queued (up to
+  `max_batch`), decides each in order against its working state (the
+  allocator's pools plus a `PendingLeases` overlay of the store), writes ONE
+  synced batch in a worker thread (the one seam into threads), and only then
+  publishes the new `committed` snapshot and answers every waiter.
+- Readers see `committed` and the store, never the working state: nothing they
+  see was not synced.
+- A failed write fails the whole group with `storage_error`. The working state
+  is then dirty and LevelDB's error is sticky, so before the next group the
+  writer closes the database, reopens it and rebuilds from disk. Reopening
+  needs room to flush LevelDB's log, so while the disk is still full the old
+  handle keeps serving reads and each group fails fast with `storage_error`; a
+  full disk recovers once space is freed, without a restart. A reopen that
+  fails leaves the database closed (reads get `unavailable`) and is retried
+  with the next group; after REOPEN_GIVE_UP_S of that, or on corruption, the
+  writer raises `WriterFailed` and the daemon exits for systemd to restart it.
+- On cancellation (shutdown) the batch in flight still completes and is
+  answered; everything queued after it gets `unavailable`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ipamd.core.allocator import Allocator, SubnetStats
+from ipamd.core.lease import Lease
+from ipamd.core.network import Network
+from ipamd.core.requests import (
+    AllocRequest,
+    CreateNetworkRequest,
+    DeleteNetworkRequest,
+    GcRequest,
+    Mutation,
+    ReleaseRequest,
+)
+from ipamd.core.view import Change, PendingLeases
+from ipamd.errors import IpamError, StorageError, Unavailable
+from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+
+log = logging.getLogger("ipamd.writer")
+
+# Big enough to amortise one fsync over a burst of container starts, small
+# enough that one batch's decisions take a few milliseconds at most.
+DEFAULT_MAX_BATCH = 256
+# Mutations waiting beyond this are refused with `unavailable` (overload).
+DEFAULT_MAX_QUEUE = 8192
+# How long the database may stay closed after failed reopens before the daemon
+# gives up and exits for systemd to restart it.
+REOPEN_GIVE_UP_S = 300.0
+
+
+class WriterFailed(Exception):
+    """The database could not be reopened after a failed write (exit status 75)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSnapshot:
+    network: Network
+    subnets: tuple[SubnetStats, ...]
+
+    @property
+    def leases(self) -> int:
+        # Every lease holds one address in every subnet: the first one counts them.
+        return self.subnets[0].used if self.subnets else 0
+
+
+def snapshot(allocator: Allocator) -> dict[str, NetworkSnapshot]:
+    return {
+        name: NetworkSnapshot(pool.network, tuple(s.stats() for s in pool.subnets))
+        for name, pool in allocator.pools.items()
+    }
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "mutation", "result", "submitted")
+
+    def __init__(self, mutation: Mutation) -> None:
+        self.mutation = mutation
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: IpamError | None = None
+        self.submitted = time.monotonic()
+
+    def answer(self, result: Any = None, error: IpamError | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Store,
+        allocator: Allocator,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.allocator = allocator
+        self.max_batch = max_batch
+        self.clock = clock
+        self.committed: dict[str, NetworkSnapshot] = snapshot(allocator)
+        self._send, self._receive = trio.open_memory_channel[_Waiter](max_queue)
+        self._accepting = True
+        self._dirty = False  # a write failed: rebuild before the next decision
+        self._closed_since: float | None = None
+        self.batches = 0
+        self.mutations = 0
+        self.failed_writes = 0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.mutations / self.batches if self.batches else 0.0
+
+    # -- the clients' side -------------------------------------------------------
+
+    async def submit(self, mutation: Mutation) -> Any:
+        """Decide and persist one mutation; its wire result once synced."""
+        if not self._accepting:
+            raise Unavailable("ipamd is shutting down")
+        waiter = _Waiter(mutation)
+        try:
+            self._send.send_nowait(waiter)
+        except trio.WouldBlock:
+            raise Unavailable("too many mutations queued; try again later") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Unavailable("ipamd is shutting down") from None
+        # A caller cancelled here loses only its reply: the decision still
+        # commits (or not) with its group, and a retry is idempotent.
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
+
+    # -- the writer task -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            async for first in self._receive:
+                group = [first]
+                while len(group) < self.max_batch:
+                    try:
+                        group.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._commit(group)
+        finally:
+            self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        self._accepting = False
+        self._send.close()
+        while True:
+            try:
+                waiter = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            waiter.answer(error=Unavailable("ipamd is shutting down"))
+
+    async def _commit(self, group: list[_Waiter]) -> None:
+        if self._dirty:
+            try:
+                await self._recover()
+            except StorageError as e:
+                for waiter in group:
+                    waiter.answer(error=e)
+                return
+            except WriterFailed:
+                for waiter in group:
+                    waiter.answer(error=Unavailable("the database could not be reopened"))
+                raise
+        view = PendingLeases(self.store)
+        now = int(self.clock())
+        changes: list[Change] = []
+        outcomes: list[tuple[Any, IpamError | None]] = []
+        for waiter in group:
+            try:
+                result, decided = self._decide(waiter.mutation, view, now)
+            except IpamError as e:
+                outcomes.append((None, e))
+            else:
+                outcomes.append((result, None))
+                changes += decided
+        if changes:
+            try:
+                # Not abandoned on cancel: the batch in flight completes and is answered.
+                await trio.to_thread.run_sync(self.store.write, changes)
+            except StorageError as e:
+                self.failed_writes += 1
+                log.error("write of %d mutation(s) failed: %s", len(group), e)
+                for waiter in group:
+                    waiter.answer(error=e)
+                self._dirty = True
+                return
+        # No checkpoint from here on: publish and answer atomically for readers.
+        self.batches += 1
+        self.mutations += len(group)
+        self.committed = snapshot(self.allocator)
+        for waiter, (result, error) in zip(group, outcomes, strict=True):
+            waiter.answer(result, error)
+
+    async def _recover(self) -> None:
+        """Drop the dirty working state and rebuild it from what is on disk.
+
+        Raises StorageError when it cannot yet (the group fails, the next one
+        tries again), WriterFailed when it never will.
+        """
+        if self.store.is_open:
+            room = self.store.room_to_reopen()
+            if room is not None:
+                raise StorageError(f"the disk is still full, not retrying the write: {room}")
+            # Closed on this thread: reads run synchronously on it, so none is in flight.
+            self.store.close()
+            self._closed_since = time.monotonic()
+        try:
+            self.allocator = await trio.to_thread.run_sync(self._open_and_load)
+        except CorruptDatabase as e:
+            raise WriterFailed(f"database is corrupt after a failed write: {e}") from e
+        except (StoreUnavailable, StorageError) as e:
+            assert self._closed_since is not None
+            if time.monotonic() - self._closed_since > REOPEN_GIVE_UP_S:
+                raise WriterFailed(f"cannot reopen the database: {e}") from e
+            log.warning("reopening the database failed: %s", e)
+            raise StorageError(f"the database is unavailable: {e}") from e
+        self._dirty = False
+        self._closed_since = None
+        self.committed = snapshot(self.allocator)
+        log.info("database reopened and rebuilt after a failed write")
+
+    def _open_and_load(self) -> Allocator:
+        self.store.open()
+        try:
+            return self.store.load()
+        except BaseException:
+            self.store.close()
+            raise
+
+    # -- decisions -----------------------------------------------------------------
+
+    def _decide(
+        self, mutation: Mutation, view: PendingLeases, now: int
+    ) -> tuple[Any, list[Change]]:
+        allocator = self.allocator
+        if isinstance(mutation, AllocRequest):
+            leases, changes = allocator.alloc(mutation, view, now)
+            networks = {
+                name: {"ifname": lease.key.ifname, "ips": self._ips(lease)}
+                for name, lease in leases.items()
+            }
+            return {"container_id": mutation.container_id, "networks": networks}, changes
+        if isinstance(mutation, ReleaseRequest):
+            released, changes = allocator.release(mutation, view)
+            wire = {name: [str(a) for a in addresses] for name, addresses in released.items()}
+            return {"released": wire}, changes
+        if isinstance(mutation, GcRequest):
+            stale, changes = allocator.gc(mutation, view)
+            network = allocator.pool(mutation.network).network
+            return {"released": [lease.to_wire(network) for lease in stale]}, changes
+        if isinstance(mutation, CreateNetworkRequest):
+            network, changes = allocator.create_network(mutation.network)
+            return network.to_wire(), changes
+        if isinstance(mutation, DeleteNetworkRequest):
+            count, changes = allocator.delete_network(mutation.name, mutation.force, view)
+            return {"name": mutation.name, "released": count}, changes
+        raise TypeError(f"not a mutation: {mutation!r}")
+
+    def _ips(self, lease: Lease) -> list[dict[str, Any]]:
+        return lease.ips_to_wire(self.allocator.pool(lease.key.network).network)
