@@ -1,0 +1,188 @@
+"""The daemon's configuration: defaults, the optional TOML file, command-line overrides.
+
+Validated once, here; everything after trusts a frozen `Config`. A bad value is
+a `ConfigError` naming the key and the value (the daemon exits 78).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ipamd.core.network import Network
+from ipamd.errors import IpamError
+
+SOCKET_NAME = "ipamd.sock"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used (exit status 78)."""
+
+
+def default_socket_path() -> Path:
+    """DESIGN.md s6: /run/ipamd as root, else under $XDG_RUNTIME_DIR (or /tmp)."""
+    if os.geteuid() == 0:
+        return Path("/run/ipamd") / SOCKET_NAME
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "ipamd" / SOCKET_NAME
+    return Path(f"/tmp/ipamd-{os.geteuid()}") / SOCKET_NAME
+
+
+def default_state_dir() -> Path:
+    """DESIGN.md s6: /var/lib/ipamd as root, else $XDG_STATE_HOME or ~/.local/state."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/ipamd")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "ipamd"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # 1 MiB: a request naming 64 networks with attributes is a few KiB.
+    max_frame_bytes: int = 1 << 20
+    # Each connection costs a task and a file descriptor.
+    max_connections: int = 1024
+    # Pipelining beyond this only queues in our memory instead of the client's.
+    max_in_flight: int = 64
+    # An idle runtime reconnects in microseconds; a leaked client should not pin an fd forever.
+    idle_timeout_s: float = 300.0
+    max_batch: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    socket: Path = field(default_factory=default_socket_path)
+    state_dir: Path = field(default_factory=default_state_dir)
+    log_level: str = "info"
+    socket_mode: int = 0o660
+    socket_gid: int | None = None
+    allow_uids: frozenset[int] = frozenset()
+    allow_gids: frozenset[int] = frozenset()
+    limits: Limits = field(default_factory=Limits)
+    networks: tuple[Network, ...] = ()
+
+
+TOP_KEYS = {"socket", "state_dir", "log_level", "socket_mode", "socket_group", "auth", "limits"}
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def load_config(
+    path: Path | None, *, socket: Path | None = None, state_dir: Path | None = None
+) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config {path} is not valid TOML: {e}") from e
+    try:
+        return _parse(raw, socket, state_dir)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e}") from e
+
+
+def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> Config:
+    unknown = set(raw) - TOP_KEYS - {"networks"}
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)}")
+    defaults = Config()
+    log_level = _typed(raw, "log_level", str, defaults.log_level)
+    if log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level {log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    mode_text = _typed(raw, "socket_mode", str, "0660")
+    try:
+        socket_mode = int(mode_text, 8)
+    except ValueError:
+        raise ConfigError(f'socket_mode {mode_text!r} is not an octal mode like "0660"') from None
+    if not 0 <= socket_mode <= 0o777:
+        raise ConfigError(f"socket_mode {mode_text!r} is out of range")
+    auth = _table(raw, "auth", {"allow_uids", "allow_gids"})
+    limits_raw = _table(raw, "limits", set(Limits.__dataclass_fields__))
+    limits = Limits(
+        **{
+            key: _number(limits_raw, key, getattr(Limits(), key))
+            for key in Limits.__dataclass_fields__
+        }
+    )
+    return Config(
+        socket=socket or Path(_typed(raw, "socket", str, str(defaults.socket))),
+        state_dir=state_dir or Path(_typed(raw, "state_dir", str, str(defaults.state_dir))),
+        log_level=log_level,
+        socket_mode=socket_mode,
+        socket_gid=_group(raw.get("socket_group")),
+        allow_uids=frozenset(_ids(auth, "allow_uids")),
+        allow_gids=frozenset(_ids(auth, "allow_gids")),
+        limits=limits,
+        networks=_networks(raw.get("networks", [])),
+    )
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+    value = raw.get(key, default)
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _table(raw: dict[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{key}]: {sorted(unknown)}")
+    return table
+
+
+def _number(table: dict[str, Any], key: str, default: float) -> Any:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"limits.{key} must be a positive number, got {value!r}")
+    return type(default)(value)
+
+
+def _ids(table: dict[str, Any], key: str) -> list[int]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise ConfigError(f"auth.{key} must be a list of numeric ids, got {value!r}")
+    return value
+
+
+def _group(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        try:
+            return grp.getgrnam(value).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket_group {value!r}: no such group") from None
+    raise ConfigError(f"socket_group must be a group name or gid, got {value!r}")
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("networks must be an array of tables ([[networks]])")
+    networks: list[Network] = []
+    for entry in value:
+        try:
+            networks.append(Network.from_wire(entry))
+        except IpamError as e:
+            raise ConfigError(f"network {entry.get('name', '?')!r}: {e}") from None
+    names = [n.name for n in networks]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ConfigError(f"network(s) declared twice: {sorted(duplicates)}")
+    return tuple(networks)

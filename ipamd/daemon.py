@@ -1,0 +1,252 @@
+"""`ipamd`: the daemon's entry point (and `ipamd check`).
+
+One nursery tree (daemon(7) style: foreground, stderr, sd_notify):
+
+    run_daemon
+      +- writer.run          the only writer; cancelled last but one
+      +- server.serve        listener + one task per connection
+      +- watchdog            WATCHDOG=1 at half WATCHDOG_USEC
+      +- (waits for SIGTERM/SIGINT)
+
+Shutdown: stop accepting, let the writer finish the batch in flight (queued
+mutations get `unavailable`), let connections send those answers, close the
+database, exit 0. Exit statuses are documented in the README and in
+systemd/ipamd.service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import trio
+
+from ipamd import __version__, sdnotify
+from ipamd.config import Config, ConfigError, load_config
+from ipamd.core.requests import CreateNetworkRequest
+from ipamd.errors import IpamError, NetworkExists
+from ipamd.server import Server
+from ipamd.service import Service
+from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.writer import Writer, WriterFailed
+
+log = logging.getLogger("ipamd")
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 64
+EXIT_CORRUPT = 65
+EXIT_CANTCREAT = 73
+EXIT_TEMPFAIL = 75
+EXIT_CONFIG = 78
+# Bound on how long shutdown waits for connections to send their last answers.
+SHUTDOWN_GRACE_S = 5.0
+LISTEN_BACKLOG = 1024
+
+
+class BindError(Exception):
+    """The socket cannot be bound (exit status 73)."""
+
+
+def bind_socket(config: Config) -> socket.socket:
+    """Bind `config.socket`, replacing a stale socket file but never a live daemon's."""
+    path = config.socket
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as e:
+        raise BindError(f"cannot create {path.parent}: {e.strerror}") from e
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: a leftover from a crash
+        else:
+            raise BindError(f"another ipamd is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, config.socket_mode)
+        if config.socket_gid is not None:
+            os.chown(path, -1, config.socket_gid)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise BindError(f"cannot bind {path}: {e.strerror}") from e
+    return sock
+
+
+async def ensure_networks(writer: Writer, config: Config) -> None:
+    for network in config.networks:
+        try:
+            await writer.submit(CreateNetworkRequest(network))
+        except NetworkExists as e:
+            raise ConfigError(
+                f"network {network.name} in the config differs from the stored one: {e}"
+            ) from e
+        except IpamError as e:
+            raise ConfigError(f"cannot create network {network.name} from the config: {e}") from e
+
+
+async def watchdog(interval: float) -> None:
+    while True:
+        sdnotify.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+async def run_daemon(config: Config, listening: socket.socket) -> None:
+    store = Store(config.state_dir)
+    await trio.to_thread.run_sync(store.open)
+    try:
+        allocator = await trio.to_thread.run_sync(store.load)
+        writer = Writer(store, allocator, max_batch=config.limits.max_batch)
+        server: Server | None = None
+        service = Service(writer, config, lambda: server.connections if server else 0)
+        server = Server(service, config.limits)
+        async with trio.open_nursery() as nursery:
+            writer_scope = trio.CancelScope()
+            writer_done = trio.Event()
+
+            async def run_writer(task_status: trio.TaskStatus[None]) -> None:
+                try:
+                    with writer_scope:
+                        await writer.run(task_status=task_status)
+                finally:
+                    writer_done.set()
+
+            await nursery.start(run_writer)
+            await ensure_networks(writer, config)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await nursery.start(server.serve, trio.socket.from_stdlib_socket(listening))
+                leases = sum(snap.leases for snap in writer.committed.values())
+                log.info(
+                    "ready: %d network(s), %d lease(s), socket %s, state %s",
+                    len(writer.committed),
+                    leases,
+                    config.socket,
+                    config.state_dir,
+                )
+                sdnotify.notify(f"READY=1\nSTATUS=serving {leases} lease(s)")
+                interval = sdnotify.watchdog_interval()
+                if interval is not None:
+                    nursery.start_soon(watchdog, interval)
+                async for signum in signals:
+                    log.info("%s: shutting down", signal.Signals(signum).name)
+                    break
+            sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
+            server.stop_accepting()
+            writer_scope.cancel()
+            await writer_done.wait()
+            with trio.move_on_after(SHUTDOWN_GRACE_S):
+                await server.wait_quiet()
+                await trio.sleep(0.05)  # let senders flush the last answers
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    log.info("stopped")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ipamd",
+        description="IP address manager daemon for container hosts (runs in the foreground).",
+        epilog="`ipamd check [--state-dir DIR]` verifies a database offline.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML config file (optional)")
+    parser.add_argument("--socket", type=Path, help="Unix socket path to bind")
+    parser.add_argument("--state-dir", type=Path, help="directory of the LevelDB database")
+    parser.add_argument("--version", action="version", version=f"ipamd {__version__}")
+    return parser.parse_args(argv)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        from ipamd.check import main as check_main
+
+        return check_main(argv[1:])
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code == 0 else EXIT_USAGE
+    try:
+        config = load_config(args.config, socket=args.socket, state_dir=args.state_dir)
+    except ConfigError as e:
+        setup_logging("info")
+        log.error("%s", e)
+        return EXIT_CONFIG
+    setup_logging(config.log_level)
+    passed: list[socket.socket] = []
+    try:
+        passed = sdnotify.listen_fds()
+        listening = passed[0] if passed else bind_socket(config)
+    except (BindError, ValueError) as e:
+        log.error("%s", e)
+        return EXIT_CANTCREAT
+    try:
+        trio.run(run_daemon, config, listening)
+    except ConfigError as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    except CorruptDatabase as e:
+        log.error("%s", e)
+        return EXIT_CORRUPT
+    except StoreUnavailable as e:
+        log.error("%s", e)
+        return EXIT_CANTCREAT
+    except WriterFailed as e:
+        log.error("%s", e)
+        return EXIT_TEMPFAIL
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BaseExceptionGroup as group:
+        return _exit_status_of_group(group)
+    finally:
+        listening.close()
+        if not passed:
+            _unlink_socket(config.socket)
+    return EXIT_OK
+
+
+def _exit_status_of_group(group: BaseExceptionGroup[BaseException]) -> int:
+    """A failure inside the nursery tree arrives grouped; map its first leaf."""
+    for kind, status in (
+        (ConfigError, EXIT_CONFIG),
+        (CorruptDatabase, EXIT_CORRUPT),
+        (WriterFailed, EXIT_TEMPFAIL),
+        (StoreUnavailable, EXIT_CANTCREAT),
+    ):
+        match = group.subgroup(lambda e, kind=kind: isinstance(e, kind))  # type: ignore[misc]
+        if match is not None:
+            log.error("%s", match.exceptions[0])
+            return status
+    log.error("internal error", exc_info=group)
+    return EXIT_INTERNAL
+
+
+def _unlink_socket(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            log.warning("cannot remove %s: %s", path, e.strerror)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The method table of DESIGN.md section 4: params in, result or `IpamError` out.
+
+Mutations are parsed into typed requests and handed to the writer, which
+answers once their batch is synced. Reads are answered here, synchronously,
+from the writer's `committed` snapshot and the store (LevelDB holds only synced
+data), so they never wait for the writer. Authorisation happens here too: the
+server passes in the caller's SO_PEERCRED credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ipamd import __version__
+from ipamd.config import Config
+from ipamd.core.lease import Lease, validate_container_id, validate_ifname
+from ipamd.core.network import parse_address, validate_name
+from ipamd.core.requests import (
+    AllocRequest,
+    CreateNetworkRequest,
+    DeleteNetworkRequest,
+    GcRequest,
+    Mutation,
+    ReleaseRequest,
+    as_map,
+    check_keys,
+)
+from ipamd.errors import (
+    InvalidRequest,
+    IpamError,
+    LeaseNotFound,
+    NetworkNotFound,
+    PermissionDenied,
+    UnknownMethod,
+)
+from ipamd.writer import NetworkSnapshot, Writer
+
+log = logging.getLogger("ipamd.service")
+
+MUTATIONS: dict[str, Callable[[dict[str, Any]], Mutation]] = {
+    "network.create": CreateNetworkRequest.from_wire,
+    "network.delete": DeleteNetworkRequest.from_wire,
+    "alloc": AllocRequest.from_wire,
+    "release": ReleaseRequest.from_wire,
+    "gc": GcRequest.from_wire,
+}
+LEASE_PAGE_DEFAULT = 1000
+# Stays under the protocol's default array limit (4096), so any client can read a page.
+LEASE_PAGE_MAX = 4000
+# msgpack integers stop at 64 bits; an IPv6 /64 has 2**64 addresses.
+LARGEST_WIRE_INT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"pid={self.pid} uid={self.uid}"
+
+
+def wire_count(n: int) -> int | str:
+    """Counts too big for msgpack's 64-bit integers travel as decimal strings."""
+    return n if n <= LARGEST_WIRE_INT else str(n)
+
+
+class Service:
+    def __init__(
+        self, writer: Writer, config: Config, connection_count: Callable[[], int] = lambda: 0
+    ) -> None:
+        self.writer = writer
+        self.config = config
+        self.connection_count = connection_count
+        self.started = time.monotonic()
+        self._own_uid = os.getuid()
+        self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "ping": self.ping,
+            "status": self.status,
+            "stats": self.stats,
+            "network.get": self.network_get,
+            "network.list": self.network_list,
+            "get": self.get,
+            "lease.list": self.lease_list,
+            "lease.owner": self.lease_owner,
+        }
+
+    def is_mutation(self, method: str) -> bool:
+        return method in MUTATIONS
+
+    def may_mutate(self, peer: Peer) -> bool:
+        return (
+            peer.uid in (0, self._own_uid)
+            or peer.uid in self.config.allow_uids
+            or peer.gid in self.config.allow_gids
+        )
+
+    def read(self, method: str, params: dict[str, Any]) -> Any:
+        """Answer a read. REQUIRES: not is_mutation(method)."""
+        handler = self._reads.get(method)
+        if handler is None:
+            raise UnknownMethod(f"no such method {method!r}")
+        return handler(params)
+
+    async def mutate(self, method: str, params: dict[str, Any], peer: Peer) -> Any:
+        if not self.may_mutate(peer):
+            raise PermissionDenied(f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})")
+        try:
+            result = await self.writer.submit(MUTATIONS[method](params))
+        except IpamError as e:
+            log.info("%s %s by %s: %s: %s", method, _subject(params), peer, e.name, e)
+            raise
+        log.info("%s %s by %s: ok", method, _subject(params), peer)
+        return result
+
+    # -- reads ---------------------------------------------------------------------
+
+    def _snapshot(self, name: Any) -> NetworkSnapshot:
+        name = validate_name(name)
+        snap = self.writer.committed.get(name)
+        if snap is None:
+            raise NetworkNotFound(f"could not find network {name!r}")
+        return snap
+
+    def ping(self, params: dict[str, Any]) -> Any:
+        check_keys(params, set(), "ping")
+        return {"version": __version__, "uptime_s": round(time.monotonic() - self.started, 3)}
+
+    def status(self, params: dict[str, Any]) -> Any:
+        check_keys(params, set(), "status")
+        committed = self.writer.committed
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "state_dir": str(self.config.state_dir),
+            "networks": len(committed),
+            "leases": sum(snap.leases for snap in committed.values()),
+            "batches": self.writer.batches,
+            "mutations": self.writer.mutations,
+            "mean_batch_size": round(self.writer.mean_batch_size, 3),
+            "failed_writes": self.writer.failed_writes,
+            "connections": self.connection_count(),
+        }
+
+    def _network_wire(self, snap: NetworkSnapshot, with_stats: bool) -> dict[str, Any]:
+        out = snap.network.to_wire()
+        out["leases"] = snap.leases
+        if with_stats:
+            for wire, stats in zip(out["subnets"], snap.subnets, strict=True):
+                wire.update(
+                    size=wire_count(stats.size),
+                    allocatable=wire_count(stats.allocatable),
+                    used=wire_count(stats.used),
+                    free=wire_count(stats.free),
+                    utilisation=round(stats.utilisation, 6),
+                )
+        return out
+
+    def network_get(self, params: dict[str, Any]) -> Any:
+        check_keys(params, {"name"}, "network.get")
+        return self._network_wire(self._snapshot(params.get("name")), with_stats=True)
+
+    def network_list(self, params: dict[str, Any]) -> Any:
+        check_keys(params, set(), "network.list")
+        committed = self.writer.committed
+        return [self._network_wire(committed[name], with_stats=False) for name in sorted(committed)]
+
+    def stats(self, params: dict[str, Any]) -> Any:
+        check_keys(params, set(), "stats")
+        committed = self.writer.committed
+        networks = []
+        for name in sorted(committed):
+            wire = self._network_wire(committed[name], with_stats=True)
+            networks.append({"name": name, "leases": wire["leases"], "subnets": wire["subnets"]})
+        return {"networks": networks}
+
+    def _lease_wire(self, lease: Lease) -> dict[str, Any]:
+        return lease.to_wire(self.writer.committed[lease.key.network].network)
+
+    def get(self, params: dict[str, Any]) -> Any:
+        check_keys(params, {"container_id", "networks"}, "get")
+        container_id = validate_container_id(params.get("container_id"))
+        wanted = _network_filter(params.get("networks"))
+        leases = sorted(
+            (
+                lease
+                for lease in self.writer.store.leases_of(container_id)
+                if lease.key.network in self.writer.committed
+                and (wanted is None or _matches(wanted, lease))
+            ),
+            key=lambda lease: (lease.key.network, lease.key.ifname),
+        )
+        if not leases:
+            raise LeaseNotFound(f"no lease held by container ID {container_id}")
+        networks: dict[str, Any] = {}
+        for lease in leases:  # per network, the first ifname in order: "" before "eth0"
+            if lease.key.network not in networks:
+                snap = self.writer.committed[lease.key.network]
+                networks[lease.key.network] = {
+                    "ifname": lease.key.ifname,
+                    "ips": lease.ips_to_wire(snap.network),
+                }
+        return {
+            "container_id": container_id,
+            "networks": networks,
+            "leases": [self._lease_wire(lease) for lease in leases],
+        }
+
+    def lease_list(self, params: dict[str, Any]) -> Any:
+        check_keys(params, {"network", "after", "limit"}, "lease.list")
+        snap = self._snapshot(params.get("network"))
+        limit = params.get("limit", LEASE_PAGE_DEFAULT)
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not 1 <= limit <= LEASE_PAGE_MAX
+        ):
+            raise InvalidRequest(f"limit must be an integer in 1..{LEASE_PAGE_MAX}, got {limit!r}")
+        after = params.get("after")
+        after_address = None if after is None else parse_address(after, "after")
+        if not snap.network.subnets:
+            return {"leases": []}
+        first = snap.network.subnets[0].cidr
+        page = self.writer.store.leases_in_subnet(
+            snap.network.name, first, after_address, limit + 1
+        )
+        out: dict[str, Any] = {"leases": [lease.to_wire(snap.network) for lease in page[:limit]]}
+        if len(page) > limit:
+            out["next"] = str(page[limit - 1].addresses[0])
+        return out
+
+    def lease_owner(self, params: dict[str, Any]) -> Any:
+        check_keys(params, {"network", "ip"}, "lease.owner")
+        address = parse_address(params.get("ip"), "ip")
+        committed = self.writer.committed
+        if params.get("network") is not None:
+            candidates = [self._snapshot(params["network"])]
+        else:
+            candidates = [committed[name] for name in sorted(committed)]
+        for snap in candidates:
+            if snap.network.subnet_of(address) is None:
+                continue
+            owner = self.writer.store.owner(snap.network.name, address)
+            if owner is None:
+                continue
+            lease = self.writer.store.lease(owner)
+            return {
+                "network": owner.network,
+                "container_id": owner.container_id,
+                "ifname": owner.ifname,
+                "created": lease.created if lease is not None else None,
+            }
+        raise LeaseNotFound(f"no lease holds {address}")
+
+
+def _network_filter(value: Any) -> dict[str, str | None] | None:
+    """`networks` of `get`: a list of names, or a map NAME -> {"ifname"?}."""
+    if value is None:
+        return None
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return {validate_name(v): None for v in value}
+    out: dict[str, str | None] = {}
+    for name, options in as_map(value, "networks").items():
+        options = as_map(options, f"options of network {name}")
+        check_keys(options, {"ifname"}, "network option")
+        ifname = options.get("ifname")
+        out[validate_name(name)] = None if ifname is None else validate_ifname(ifname)
+    return out
+
+
+def _matches(wanted: dict[str, str | None], lease: Lease) -> bool:
+    if lease.key.network not in wanted:
+        return False
+    ifname = wanted[lease.key.network]
+    return ifname is None or ifname == lease.key.ifname
+
+
+def _subject(params: dict[str, Any]) -> str:
+    """What a mutation is about, for the log line."""
+    for key in ("container_id", "name", "network"):
+        if isinstance(params.get(key), str):
+            return f"{key}={params[key][:80]}"
+    return ""
