@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import trio
@@ -201,22 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANTCREAT
     try:
         trio.run(run_daemon, config, listening)
-    except ConfigError as e:
-        log.error("%s", e)
-        return EXIT_CONFIG
-    except CorruptDatabase as e:
-        log.error("%s", e)
-        return EXIT_CORRUPT
-    except StoreUnavailable as e:
-        log.error("%s", e)
-        return EXIT_CANTCREAT
-    except WriterFailed as e:
-        log.error("%s", e)
-        return EXIT_TEMPFAIL
     except KeyboardInterrupt:
         return EXIT_OK
-    except BaseExceptionGroup as group:
-        return _exit_status_of_group(group)
+    except Exception as e:
+        return _exit_status_of(e)
     finally:
         listening.close()
         if not passed:
@@ -224,20 +213,35 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _exit_status_of_group(group: BaseExceptionGroup[BaseException]) -> int:
-    """A failure inside the nursery tree arrives grouped; map its first leaf."""
-    for kind, status in (
-        (ConfigError, EXIT_CONFIG),
-        (CorruptDatabase, EXIT_CORRUPT),
-        (WriterFailed, EXIT_TEMPFAIL),
-        (StoreUnavailable, EXIT_CANTCREAT),
-    ):
-        match = group.subgroup(lambda e, kind=kind: isinstance(e, kind))  # type: ignore[misc]
-        if match is not None:
-            log.error("%s", match.exceptions[0])
-            return status
-    log.error("internal error", exc_info=group)
+FATAL_ERRORS: tuple[tuple[type[Exception], int], ...] = (
+    (ConfigError, EXIT_CONFIG),
+    (CorruptDatabase, EXIT_CORRUPT),
+    (WriterFailed, EXIT_TEMPFAIL),
+    (StoreUnavailable, EXIT_CANTCREAT),
+)
+
+
+def _exit_status_of(error: Exception) -> int:
+    """Log why the daemon stops and map it to its documented exit status.
+
+    Failures inside the nursery tree arrive wrapped in exception groups; the
+    first known leaf decides.
+    """
+    for leaf in _leaves(error):
+        for kind, status in FATAL_ERRORS:
+            if isinstance(leaf, kind):
+                log.error("%s", leaf)
+                return status
+    log.error("internal error", exc_info=error)
     return EXIT_INTERNAL
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _unlink_socket(path: Path) -> None:

@@ -242,7 +242,7 @@ class Connection:
                 with trio.move_on_after(SEND_TIMEOUT_S) as timeout:
                     await self.stream.send_all(data)
                 if timeout.cancelled_caught:
-                    log.info("%s stopped reading its responses; closing", self.service and "client")
+                    log.info("%s stopped reading its responses; closing", self.peer)
                     scope.cancel()
                     return
                 self.outbox_bytes -= len(data)
