@@ -44,7 +44,6 @@ from ipamd.errors import (
     AddressInUse,
     AddressNotAllocatable,
     InvalidRequest,
-    IpamError,
     NetworkExists,
     NetworkInUse,
     NetworkNotFound,
@@ -190,7 +189,7 @@ class Allocator:
                 lease = Lease(key, addresses, now, attachment.attributes or {})
                 leases[name] = lease
                 changes.append(PutLease(lease))
-        except IpamError:
+        except Exception:  # IpamError, or a bug: either way leave the pools untouched
             for subnet_pool, offset in reversed(taken):
                 subnet_pool.give(offset)
             for change in reversed(changes):
@@ -281,8 +280,9 @@ class Allocator:
         released: dict[str, list[IPAddress]] = {}
         changes: list[Change] = []
         for lease in leases:
-            changes.append(self._release_lease(lease, view))
-            released.setdefault(lease.key.network, []).extend(lease.addresses)
+            change = self._release_lease(lease, view)
+            changes.append(change)
+            released.setdefault(lease.key.network, []).extend(change.owned)
         return released, changes
 
     def gc(self, request: GcRequest, view: WritableView) -> tuple[list[Lease], list[Change]]:
@@ -296,7 +296,7 @@ class Allocator:
             return stale, []
         return stale, [self._release_lease(lease, view) for lease in stale]
 
-    def _release_lease(self, lease: Lease, view: WritableView) -> Change:
+    def _release_lease(self, lease: Lease, view: WritableView) -> DeleteLease:
         """Free what `lease` owns (only that) and drop it from the view."""
         # Not ours to free: never hand out, or forget, someone else's address.
         owned = tuple(a for a in lease.addresses if view.owner(lease.key.network, a) == lease.key)

@@ -192,6 +192,12 @@ class Subnet:
         if range_start is not None and range_end is not None and int(range_start) > int(range_end):
             raise InvalidRequest(f"range_start {range_start} is after range_end {range_end}")
         subnet = cls(cidr, gateway, range_start, range_end, _parse_excludes(raw, cidr))
+        first, last = subnet.lease_range
+        if first > last:
+            raise InvalidRequest(
+                f"lease range {range_start or cidr.network_address} - {range_end or 'end'}"
+                f" of subnet {cidr} holds no address that can be handed out"
+            )
         if gateway is not None:
             low, high = subnet.host_bounds
             if not low <= subnet.offset(gateway) <= high:
