@@ -1,0 +1,764 @@
+"""`ipamd-client`: every ipamd method from the shell (DESIGN.md section 6).
+
+    ipamd-client [--socket PATH] [--json] [--timeout S] COMMAND ...
+
+Human output by default (aligned tables; `stats` and `network inspect` draw a
+utilisation bar per subnet); `--json` prints the daemon's result as one JSON
+document with sorted keys, for scripts (`leases` prints one JSON array, one
+lease per line, as it pages through them). Errors go to stderr as one line,
+`ipamd-client: NAME: MESSAGE`, and set the exit status.
+
+Exit statuses:
+
+    0    success
+    11   invalid_request          (a daemon error: 10 + its code)
+    12   unknown_method
+    13   network_not_found
+    14   network_exists
+    15   address_in_use
+    16   address_not_allocatable
+    17   range_exhausted
+    18   lease_not_found
+    19   network_in_use
+    20   permission_denied
+    21   unavailable
+    22   storage_error
+    23   request_too_large
+    1    a daemon error code this client does not know (from a newer daemon)
+    64   usage: bad arguments (EX_USAGE)
+    65   --file is not valid JSON or TOML (EX_DATAERR)
+    66   --file or --valid-from cannot be read (EX_NOINPUT)
+    69   cannot connect to ipamd, or it went away mid-call (EX_UNAVAILABLE)
+    75   ipamd did not answer within --timeout; a mutation's outcome is unknown (EX_TEMPFAIL)
+    76   the socket's peer broke the protocol: not an ipamd? (EX_PROTOCOL)
+    130  interrupted
+
+Choices written down here:
+
+* `network create NAME --subnet CIDR [--gateway IP] [--range A-B] [--exclude X]...`:
+  `--gateway`, `--range` and `--exclude` apply to the `--subnet` before them;
+  repeat `--subnet` for dual stack. With `--file`, NAME may be left out (the
+  file's `name` is used); given both, they must agree.
+* `alloc CONTAINER --network NET [--ifname IF] [--ip IP]... [--attr K=V]...`:
+  likewise, `--ifname`, `--ip` and `--attr` apply to the `--network` before
+  them (no guessing from subnets, so a typo in an address is the daemon's
+  `address_not_allocatable`, not a silent move to another network). Several
+  `--network`s make one all-or-nothing request.
+* `gc NET --valid CONTAINER[:IFNAME]...`: CONTAINER alone keeps every
+  attachment of that container; `CONTAINER:` keeps only its unnamed one.
+  `--valid-from FILE` reads one entry a line (`-`: stdin); an empty file keeps
+  nothing, which releases every lease on NET.
+* Counts of 10**15 or more (IPv6 subnets) print as `1.84e+19` in tables; `--json`
+  keeps the daemon's exact value (a decimal string above 2**63-1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, Final, NoReturn
+
+from ipamd import __version__
+from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, render
+from ipamd.errors import ERRORS_BY_CODE, IpamError
+
+PROG: Final = "ipamd-client"
+
+EXIT_OK: Final = 0
+EXIT_UNKNOWN_ERROR: Final = 1
+# A daemon error exits with this plus its code: invalid_request (1) -> 11 ... request_too_large
+# (13) -> 23; unknown codes keep clear of the sysexits range below.
+EXIT_ERROR_BASE: Final = 10
+EXIT_USAGE: Final = 64
+EXIT_DATAERR: Final = 65
+EXIT_NOINPUT: Final = 66
+EXIT_UNAVAILABLE: Final = 69
+EXIT_TEMPFAIL: Final = 75
+EXIT_PROTOCOL: Final = 76
+EXIT_INTERRUPTED: Final = 130
+
+EXIT_STATUS_HELP: Final = """\
+exit status:
+  0    success
+  11   invalid_request          (a daemon error: 10 + its code)
+  12   unknown_method
+  13   network_not_found
+  14   network_exists
+  15   address_in_use
+  16   address_not_allocatable
+  17   range_exhausted
+  18   lease_not_found
+  19   network_in_use
+  20   permission_denied
+  21   unavailable
+  22   storage_error
+  23   request_too_large
+  1    a daemon error code this client does not know (from a newer daemon)
+  64   usage: bad arguments (EX_USAGE)
+  65   --file is not valid JSON or TOML (EX_DATAERR)
+  66   --file or --valid-from cannot be read (EX_NOINPUT)
+  69   cannot connect to ipamd, or it went away mid-call (EX_UNAVAILABLE)
+  75   ipamd did not answer within --timeout; a mutation's outcome is unknown (EX_TEMPFAIL)
+  76   the socket's peer broke the protocol: not an ipamd? (EX_PROTOCOL)
+  130  interrupted
+"""
+
+LEASE_PAGE: Final = 1000
+
+
+def exit_status(error: IpamError) -> int:
+    """10 + the error's code for the codes DESIGN.md section 4 defines; 1 for others."""
+    if error.code in ERRORS_BY_CODE:
+        return EXIT_ERROR_BASE + error.code
+    return EXIT_UNKNOWN_ERROR
+
+
+class CliError(Exception):
+    """A problem on our side of the socket (an unreadable --file), with its exit status."""
+
+    def __init__(self, status: int, name: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.name = name
+
+
+# -- argument parsing ------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE) rather than 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _last(namespace: argparse.Namespace, dest: str) -> dict[str, Any] | None:
+    items: list[dict[str, Any]] | None = getattr(namespace, dest, None)
+    return items[-1] if items else None
+
+
+class _StartItem(argparse.Action):
+    """`--subnet CIDR` / `--network NET`: start a new item that later options refine."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        items: list[dict[str, Any]] = list(getattr(namespace, self.dest, None) or [])
+        items.append({self.metavar_key: values})
+        setattr(namespace, self.dest, items)
+
+    metavar_key = "name"
+
+
+class _StartSubnet(_StartItem):
+    metavar_key = "subnet"
+
+
+class _Refine(argparse.Action):
+    """An option that applies to the last `--subnet` / `--network` before it."""
+
+    # Set by subclasses: the list it refines and how it stores its value.
+    target = "subnets"
+    starter = "--subnet"
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        item = _last(namespace, self.target)
+        if item is None:
+            parser.error(f"{option_string} must follow the {self.starter} it applies to")
+        assert isinstance(values, str)
+        problem = self.apply(item, values)
+        if problem:
+            parser.error(f"{option_string} {values}: {problem}")
+
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        raise NotImplementedError
+
+
+class _Gateway(_Refine):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        if "gateway" in item:
+            return f"subnet {item['subnet']} already has gateway {item['gateway']}"
+        item["gateway"] = value
+        return None
+
+
+class _Range(_Refine):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        start, sep, end = value.partition("-")
+        if not sep or not start.strip() or not end.strip():
+            return "want a range FIRST-LAST, e.g. 10.88.0.10-10.88.0.200"
+        if "range_start" in item:
+            return f"subnet {item['subnet']} already has a range"
+        item["range_start"], item["range_end"] = start.strip(), end.strip()
+        return None
+
+
+class _Exclude(_Refine):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        item.setdefault("exclude", []).append(value)
+        return None
+
+
+class _NetworkOption(_Refine):
+    target = "networks"
+    starter = "--network"
+
+
+class _Ifname(_NetworkOption):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        if "ifname" in item:
+            return f"network {item['name']} already has ifname {item['ifname']!r}"
+        item["ifname"] = value
+        return None
+
+
+class _StaticIp(_NetworkOption):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        item.setdefault("static_ips", []).append(value)
+        return None
+
+
+class _Attribute(_NetworkOption):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            return "want KEY=VALUE"
+        item.setdefault("attributes", {})[key] = text
+        return None
+
+
+def _subcommand(
+    commands: Any,
+    name: str,
+    handler: Callable[[Client, argparse.Namespace, Output], None] | None,
+    summary: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog="example:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if handler is not None:
+        parser.set_defaults(handler=handler)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Talk to ipamd, the IP address manager daemon, over its Unix socket.",
+        epilog=EXIT_STATUS_HELP
+        + "\nexample:\n  ipamd-client network create podman --subnet 10.88.0.0/16"
+        " --gateway 10.88.0.1\n  ipamd-client alloc 3f2a9c --network podman\n"
+        "  ipamd-client --json get 3f2a9c",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the daemon's socket (default: $IPAMD_SOCKET, else /run/ipamd/ipamd.sock as root, "
+        "else $XDG_RUNTIME_DIR/ipamd/ipamd.sock or /tmp/ipamd-UID/ipamd.sock)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the daemon's result as JSON, for scripts"
+    )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_float,
+        default=30.0,
+        help="give up on a call after this long (default 30)",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _subcommand(commands, "ping", cmd_ping, "check that the daemon answers", "ipamd-client ping")
+    _subcommand(
+        commands,
+        "status",
+        cmd_status,
+        "daemon facts: version, counts, batches",
+        "ipamd-client status",
+    )
+    _subcommand(
+        commands,
+        "stats",
+        cmd_stats,
+        "per network and subnet: size, allocatable, used, free, utilisation",
+        "ipamd-client stats",
+    )
+
+    network = _subcommand(
+        commands,
+        "network",
+        None,
+        "create, list, inspect and remove networks",
+        "ipamd-client network ls",
+    )
+    network_commands = network.add_subparsers(
+        dest="network_command", metavar="SUBCOMMAND", required=True
+    )
+    create = _subcommand(
+        network_commands,
+        "create",
+        cmd_network_create,
+        "create a network (again with the same definition: a no-op)",
+        """
+ipamd-client network create podman --subnet 10.88.0.0/16 --gateway 10.88.0.1
+ipamd-client network create dual --subnet 10.89.0.0/24 --range 10.89.0.10-10.89.0.200 \\
+    --exclude 10.89.0.100 --subnet fd00:89::/64 --gateway fd00:89::1
+ipamd-client network create --file podman.toml    # or .json: {"name", "subnets", "driver"?}
+""",
+    )
+    create.add_argument("name", metavar="NAME", nargs="?", help="network name")
+    create.add_argument(
+        "--subnet",
+        dest="subnets",
+        action=_StartSubnet,
+        metavar="CIDR",
+        help="a subnet; repeat for dual stack; the options below apply to the last one",
+    )
+    create.add_argument(
+        "--gateway", action=_Gateway, default=argparse.SUPPRESS, metavar="IP", help="never leased"
+    )
+    create.add_argument(
+        "--range",
+        action=_Range,
+        default=argparse.SUPPRESS,
+        metavar="A-B",
+        help="the lease range (default: the whole subnet)",
+    )
+    create.add_argument(
+        "--exclude",
+        action=_Exclude,
+        default=argparse.SUPPRESS,
+        metavar="ADDR|CIDR|A-B",
+        help="never leased; repeatable",
+    )
+    create.add_argument("--driver", help="network driver (default host-local)")
+    create.add_argument(
+        "--file", type=Path, metavar="FILE", help="the network as JSON or TOML (network.create)"
+    )
+
+    _subcommand(network_commands, "ls", cmd_network_ls, "list networks", "ipamd-client network ls")
+    inspect = _subcommand(
+        network_commands,
+        "inspect",
+        cmd_network_inspect,
+        "a network's definition and per-subnet utilisation",
+        "ipamd-client network inspect podman",
+    )
+    inspect.add_argument("name", metavar="NAME")
+    rm = _subcommand(
+        network_commands,
+        "rm",
+        cmd_network_rm,
+        "remove a network (with --force, releasing its leases)",
+        "ipamd-client network rm podman --force",
+    )
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--force", action="store_true", help="release its leases first")
+
+    alloc = _subcommand(
+        commands,
+        "alloc",
+        cmd_alloc,
+        "allocate addresses for a container on one or more networks (all or nothing)",
+        """
+ipamd-client alloc 3f2a9c --network podman
+ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr pod=web \\
+    --network backend --ifname eth1
+""",
+    )
+    alloc.add_argument("container", metavar="CONTAINER")
+    alloc.add_argument(
+        "--network",
+        dest="networks",
+        action=_StartItem,
+        required=True,
+        metavar="NET",
+        help="a network; repeatable; the options below apply to the last one",
+    )
+    alloc.add_argument("--ifname", action=_Ifname, default=argparse.SUPPRESS, metavar="IF")
+    alloc.add_argument(
+        "--ip",
+        action=_StaticIp,
+        default=argparse.SUPPRESS,
+        metavar="IP",
+        help="a static address (one per subnet); repeatable",
+    )
+    alloc.add_argument(
+        "--attr",
+        action=_Attribute,
+        default=argparse.SUPPRESS,
+        metavar="KEY=VALUE",
+        help="an attribute for people debugging, e.g. pod=web; repeatable",
+    )
+
+    release = _subcommand(
+        commands,
+        "release",
+        cmd_release,
+        "release a container's addresses (every network unless --network)",
+        "ipamd-client release 3f2a9c\nipamd-client release 3f2a9c --network podman --ifname eth0",
+    )
+    release.add_argument("container", metavar="CONTAINER")
+    release.add_argument(
+        "--network", dest="networks", action=_StartItem, metavar="NET", help="repeatable"
+    )
+    release.add_argument("--ifname", action=_Ifname, default=argparse.SUPPRESS, metavar="IF")
+
+    get = _subcommand(
+        commands,
+        "get",
+        cmd_get,
+        "the addresses a container holds",
+        "ipamd-client get 3f2a9c\nipamd-client --json get 3f2a9c --network podman",
+    )
+    get.add_argument("container", metavar="CONTAINER")
+    get.add_argument(
+        "--network",
+        dest="network_names",
+        action="append",
+        metavar="NET",
+        help="only this network; repeatable",
+    )
+
+    leases = _subcommand(
+        commands,
+        "leases",
+        cmd_leases,
+        "every lease on a network, in address order (paged: fine for 100,000)",
+        "ipamd-client leases podman\nipamd-client --json leases podman | jq -r '.[].container_id'",
+    )
+    leases.add_argument("network", metavar="NET")
+    leases.add_argument(
+        "--page-size",
+        type=int,
+        default=LEASE_PAGE,
+        metavar="N",
+        help=f"leases per request (default {LEASE_PAGE})",
+    )
+
+    who = _subcommand(
+        commands,
+        "who-has",
+        cmd_who_has,
+        "which container holds an address",
+        "ipamd-client who-has 10.88.0.5\nipamd-client who-has 10.88.0.5 --network podman",
+    )
+    who.add_argument("ip", metavar="IP")
+    who.add_argument("--network", metavar="NET", help="look only here")
+
+    gc = _subcommand(
+        commands,
+        "gc",
+        cmd_gc,
+        "release every lease on a network that no valid container holds",
+        """
+ipamd-client gc podman --valid 3f2a9c --valid 77b1e0:eth0 --dry-run
+podman ps -aq --no-trunc | ipamd-client gc podman --valid-from -
+""",
+    )
+    gc.add_argument("network", metavar="NET")
+    gc.add_argument(
+        "--valid",
+        action="append",
+        default=[],
+        metavar="CONTAINER[:IFNAME]",
+        help="keep this container's leases (all of them, or only IFNAME); repeatable",
+    )
+    gc.add_argument(
+        "--valid-from",
+        metavar="FILE",
+        help="read CONTAINER[:IFNAME] lines from FILE ('-': stdin)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only show what would be released")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+class Output:
+    """Where results go: JSON documents or human lines, on stdout."""
+
+    def __init__(self, as_json: bool, stream: IO[str]) -> None:
+        self.as_json = as_json
+        self.stream = stream
+
+    def result(self, value: Any, human: Callable[[], Iterable[str]]) -> None:
+        """`value` as JSON with --json, else the lines `human()` renders."""
+        if self.as_json:
+            self.stream.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
+        else:
+            self.lines(human())
+
+    def lines(self, lines: Iterable[str]) -> None:
+        self.stream.write("".join(line + "\n" for line in lines))
+
+
+def cmd_ping(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.ping()
+    out.result(
+        result,
+        lambda: [
+            f"ipamd {result.get('version', '?')} at {client.socket_path}: "
+            f"up {result.get('uptime_s', '?')}s"
+        ],
+    )
+
+
+def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.status()
+    width = max((len(key) for key in result), default=0)
+    out.result(result, lambda: [f"{key.ljust(width)}  {value}" for key, value in result.items()])
+
+
+def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.stats()
+    out.result(result, lambda: render.stats_lines(result))
+
+
+def cmd_network_create(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.file is not None:
+        if args.subnets or args.driver:
+            raise _usage("--file holds the whole network; leave out --subnet and --driver")
+        definition = _read_network_file(args.file)
+        name = definition.get("name", args.name)
+        if args.name is not None and name != args.name:
+            raise _usage(f"{args.file} defines network {name!r}, not {args.name!r}")
+        if not isinstance(name, str):
+            raise _usage(f"{args.file} names no network: give NAME")
+        unknown = set(definition) - {"name", "subnets", "driver"}
+        if unknown:
+            raise CliError(
+                EXIT_DATAERR, "file", f"{args.file}: unknown key(s) {', '.join(sorted(unknown))}"
+            )
+        subnets, driver = definition.get("subnets", []), definition.get("driver")
+    else:
+        if args.name is None:
+            raise _usage("network create needs NAME (or --file)")
+        name, subnets, driver = args.name, args.subnets or [], args.driver
+    result = client.network_create(name, subnets, driver)
+    out.result(result, lambda: [render.network_summary(result)])
+
+
+def _read_network_file(path: Path) -> dict[str, Any]:
+    """A network definition, JSON (by suffix, or when it starts with "{") or else TOML."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(EXIT_NOINPUT, "file", f"cannot read {path}: {e}") from None
+    try:
+        if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+            value = json.loads(text)
+        else:
+            import tomllib  # only here: every other command starts without it
+
+            value = tomllib.loads(text)
+    except ValueError as e:  # json.JSONDecodeError and tomllib.TOMLDecodeError both are
+        raise CliError(EXIT_DATAERR, "file", f"{path} is not valid JSON or TOML: {e}") from None
+    if not isinstance(value, dict):
+        raise CliError(EXIT_DATAERR, "file", f"{path} must hold one network (a map)")
+    return value
+
+
+def cmd_network_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.network_list()
+    out.result(result, lambda: render.network_list_lines(result))
+
+
+def cmd_network_inspect(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.network_get(args.name)
+    out.result(result, lambda: render.network_lines(result))
+
+
+def cmd_network_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.network_delete(args.name, force=args.force)
+    out.result(
+        result,
+        lambda: [
+            f"deleted network {result.get('name', args.name)}; "
+            f"released {result.get('released', 0)} lease(s)"
+        ],
+    )
+
+
+def _by_network(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The `--network NET [options]` groups as NAME -> options."""
+    networks: dict[str, dict[str, Any]] = {}
+    for item in items:
+        options = dict(item)
+        name = options.pop("name")
+        if name in networks:
+            raise _usage(f"--network {name} given twice")
+        networks[name] = options
+    return networks
+
+
+def cmd_alloc(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.alloc(args.container, _by_network(args.networks))
+    out.result(result, lambda: render.alloc_lines(result))
+
+
+def cmd_release(client: Client, args: argparse.Namespace, out: Output) -> None:
+    networks = _by_network(args.networks) if args.networks else None
+    result = client.release(args.container, networks)
+    out.result(result, lambda: render.release_lines(args.container, result))
+
+
+def cmd_get(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.get(args.container, args.network_names)
+    out.result(result, lambda: render.get_lines(result))
+
+
+def cmd_leases(client: Client, args: argparse.Namespace, out: Output) -> None:
+    if args.page_size < 1:
+        raise _usage("--page-size must be at least 1")
+    leases = client.iter_leases(args.network, page_size=args.page_size)
+    if out.as_json:
+        # One JSON array, one lease a line, written as the pages arrive.
+        separator = "\n"
+        out.stream.write("[")
+        for lease in leases:
+            out.stream.write(separator + json.dumps(lease, sort_keys=True))
+            separator = ",\n"
+        out.stream.write("]\n" if separator == "\n" else "\n]\n")
+        return
+    # A page at a time: columns are as wide as the first page needs, and widen (never
+    # narrow) when a later page needs more.
+    widths = [len(h) for h in render.LEASE_HEADERS]
+    header_done = False
+    for page in _chunks(leases, args.page_size):
+        rows = [render.lease_row(lease) for lease in page]
+        widths = render.widen(widths, rows)
+        if not header_done:
+            out.lines(render.render_rows([render.LEASE_HEADERS], widths))
+            header_done = True
+        out.lines(render.render_rows(rows, widths))
+    if not header_done:
+        out.lines(render.render_rows([render.LEASE_HEADERS], widths))
+
+
+def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def cmd_who_has(client: Client, args: argparse.Namespace, out: Output) -> None:
+    result = client.lease_owner(args.ip, args.network)
+    out.result(result, lambda: render.owner_lines(args.ip, result))
+
+
+def _valid_entry(text: str) -> dict[str, Any]:
+    container, sep, ifname = text.strip().partition(":")
+    if not container:
+        raise _usage(f"--valid {text!r}: want CONTAINER[:IFNAME]")
+    return {"container_id": container, "ifname": ifname} if sep else {"container_id": container}
+
+
+def cmd_gc(client: Client, args: argparse.Namespace, out: Output) -> None:
+    entries: list[str] = list(args.valid)
+    if args.valid_from is not None:
+        try:
+            source = sys.stdin if args.valid_from == "-" else None
+            text = source.read() if source else Path(args.valid_from).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(EXIT_NOINPUT, "file", f"cannot read {args.valid_from}: {e}") from None
+        entries += [
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+    elif not entries:
+        raise _usage(
+            "gc needs --valid CONTAINER[:IFNAME] (or --valid-from FILE; "
+            "an empty file keeps nothing and releases every lease)"
+        )
+    valid = [_valid_entry(entry) for entry in entries]
+    result = client.gc(args.network, valid, dry_run=args.dry_run)
+    out.result(result, lambda: render.gc_lines(args.network, result, args.dry_run))
+
+
+def _usage(message: str) -> CliError:
+    return CliError(EXIT_USAGE, "usage", message)
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `ipamd-client` with `argv` (default: the command line); its exit status."""
+    if argv is None:
+        # As the program (not when called from Python), die quietly when stdout's reader goes
+        # away (`ipamd-client leases net | head`), as Unix tools do. The client sends with
+        # MSG_NOSIGNAL, so a daemon that hangs up is still an error, not a silent death.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    out = Output(args.json, sys.stdout)
+    try:
+        with Client(args.socket, timeout=args.timeout) as client:
+            args.handler(client, args, out)
+        sys.stdout.flush()
+    except IpamError as e:
+        return _fail(exit_status(e), e.name, e.message)
+    except RequestTimeout as e:
+        return _fail(EXIT_TEMPFAIL, "timeout", e.message)
+    except ProtocolError as e:
+        return _fail(EXIT_PROTOCOL, "protocol_error", e.message)
+    except render.BadResult as e:
+        return _fail(EXIT_PROTOCOL, "protocol_error", str(e))
+    except ConnectionFailed as e:
+        return _fail(EXIT_UNAVAILABLE, "connection_failed", e.message)
+    except CliError as e:
+        if e.status == EXIT_USAGE:
+            return _fail(e.status, "error", str(e))
+        return _fail(e.status, e.name, str(e))
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted", "stopped by SIGINT")
+    return EXIT_OK
+
+
+def _fail(status: int, name: str, message: str) -> int:
+    # One line, whatever the message holds: scripts and logs read it line by line.
+    sys.stderr.write(f"{PROG}: {name}: {' '.join(message.split())}\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""Where the daemon's socket is: `--socket`, else $IPAMD_SOCKET, else the daemon's default.
+
+DESIGN.md section 6: clients find the socket the way the daemon chose it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+SOCKET_ENV: Final = "IPAMD_SOCKET"
+
+
+def discover_socket(explicit: str | Path | None = None) -> Path:
+    """`explicit` if given (and not empty), else $IPAMD_SOCKET, else `default_socket_path()`.
+
+    The default is `/run/ipamd/ipamd.sock` as root, else
+    `$XDG_RUNTIME_DIR/ipamd/ipamd.sock`, else `/tmp/ipamd-UID/ipamd.sock`.
+    """
+    if explicit is not None and str(explicit):
+        return Path(explicit)
+    from_env = os.environ.get(SOCKET_ENV)
+    if from_env:
+        return Path(from_env)
+    # Imported here: ipamd.config brings tomllib, grp and the network model, which a
+    # CNI plugin that is handed its socket path never needs (it starts per container).
+    from ipamd.config import default_socket_path
+
+    return default_socket_path()
