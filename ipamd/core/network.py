@@ -40,6 +40,8 @@ NETWORK_KEYS = frozenset({"name", "driver", "subnets"})
 def parse_address(value: Any, what: str) -> IPAddress:
     if not isinstance(value, str):
         raise InvalidRequest(f"{what} must be an IP address string, got {value!r}")
+    if "%" in value:  # an IPv6 zone index names a link, not an address to lease
+        raise InvalidRequest(f"{what} {value!r} must not carry a zone index (%...)")
     try:
         return ipaddress.ip_address(value)
     except ValueError:
@@ -168,7 +170,7 @@ class Subnet:
         if unknown:
             raise InvalidRequest(f"unknown subnet key(s) {sorted(map(str, unknown))}")
         value = raw.get("subnet")
-        if not isinstance(value, str):
+        if not isinstance(value, str) or "%" in value:
             raise InvalidRequest(f"subnet must be a CIDR string, got {value!r}")
         try:
             # strict=False: like host-local, "10.88.0.5/16" means 10.88.0.0/16.
@@ -217,8 +219,8 @@ def _parse_excludes(
         raise InvalidRequest(f"too many exclude entries ({len(entries)} > {MAX_EXCLUDES})")
     out: list[tuple[IPAddress, IPAddress]] = []
     for entry in entries:
-        if not isinstance(entry, str):
-            raise InvalidRequest(f"exclude entry must be a string, got {entry!r}")
+        if not isinstance(entry, str) or "%" in entry:
+            raise InvalidRequest(f"exclude entry must be an address string, got {entry!r}")
         try:
             if "/" in entry:
                 excluded = ipaddress.ip_network(entry, strict=False)
