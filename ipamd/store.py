@@ -21,9 +21,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import plyvel
 
+from ipamd import leveldb_log
 from ipamd.core import keys
 from ipamd.core.allocator import Allocator, NetworkPool, SubnetPool
 from ipamd.core.lease import Lease, LeaseKey
@@ -36,7 +39,7 @@ from ipamd.core.view import (
     PutNetwork,
     SetCursor,
 )
-from ipamd.errors import StorageError, Unavailable
+from ipamd.errors import InvalidRequest, StorageError, Unavailable
 
 DB_DIRNAME = "leases.ldb"
 # LevelDB's default 4 MiB write buffer makes each log file (replayed at open)
@@ -44,6 +47,16 @@ DB_DIRNAME = "leases.ldb"
 BLOCK_CACHE_BYTES = 16 << 20
 # Room for the new MANIFEST, log and LOG files a reopen creates.
 REOPEN_MARGIN_BYTES = 64 << 10
+# What a value or key this ipamd cannot decode raises (msgpack, ipaddress, the
+# models' `from_wire`): at load, that is a corrupt database, not a crash.
+_DECODE_ERRORS = (
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    InvalidRequest,
+    msgpack.UnpackException,
+)
 
 
 class CorruptDatabase(Exception):
@@ -80,11 +93,16 @@ class Store:
                 ) from e
         elif not self.path.exists():
             raise StoreUnavailable(f"no database at {self.path}")
+        self._check_current()
+        self._check_logs()
         try:
             db = plyvel.DB(
                 str(self.path),
                 create_if_missing=create,
                 lru_cache_size=BLOCK_CACHE_BYTES,
+                # Refuse, rather than skip, a log record or table block whose
+                # checksum fails: skipping would drop acknowledged leases silently.
+                paranoid_checks=True,
             )
         except plyvel.CorruptionError as e:
             raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
@@ -95,17 +113,79 @@ class Store:
             raise CorruptDatabase(f"database {self.path} cannot be opened: {e}") from e
         try:
             self._check_schema(db)
+            self._sync_directories()
+        except plyvel.Error as e:
+            # Opened but unreadable (e.g. "IO error: ...ldb: Invalid argument" for a
+            # block handle pointing past the file's end): a restart will not help.
+            db.close()
+            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+        except OSError as e:
+            db.close()
+            raise StoreUnavailable(f"cannot sync the directories of {self.path}: {e}") from e
         except BaseException:
             db.close()
             raise
         self._db = db
 
+    def _sync_directories(self) -> None:
+        """Make the names of the database's files durable before any write is acknowledged.
+
+        LevelDB fsyncs its directory only when it syncs a MANIFEST, which it
+        does before it renames the new CURRENT into place at every open, and
+        never fsyncs the directory holding the database: after a power loss the
+        new CURRENT, or the whole database directory, could be gone, and a
+        fresh empty database would be created over the lost one.
+        """
+        for directory in (self.path, self.state_dir):
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _check_current(self) -> None:
+        """Refuse a database whose CURRENT file is gone but whose data is not.
+
+        Without CURRENT, LevelDB with create_if_missing starts a new, empty
+        database and deletes the old table files as obsolete: every lease lost.
+        A creation interrupted before CURRENT was written leaves no table or log.
+        """
+        if not self.path.is_dir() or (self.path / "CURRENT").exists():
+            return
+        data = [p.name for p in self.path.iterdir() if p.suffix in (".ldb", ".sst", ".log")]
+        if data:
+            raise CorruptDatabase(
+                f"database {self.path} has no CURRENT file but holds {', '.join(sorted(data))};"
+                " restore it from a backup (LevelDB would start an empty database over it)"
+            )
+
+    def _check_logs(self) -> None:
+        """Refuse a log whose corruption LevelDB would take for a torn write (leveldb_log.py)."""
+        if not self.path.is_dir():
+            return
+        for log_file in sorted(self.path.glob("*.log")):
+            try:
+                with open(log_file, "rb") as f:
+                    start = leveldb_log.last_block_start(os.fstat(f.fileno()).st_size)
+                    f.seek(start)
+                    tail = f.read()
+            except OSError as e:
+                raise StoreUnavailable(f"cannot read {log_file}: {e}") from e
+            problem = leveldb_log.silently_dropped_tail(tail, start)
+            if problem is not None:
+                raise CorruptDatabase(
+                    f"database {self.path} is corrupt: {log_file.name}: {problem}"
+                )
+
     def _check_schema(self, db: plyvel.DB) -> None:
-        raw = db.get(keys.SCHEMA_KEY)
+        raw = db.get(keys.SCHEMA_KEY, verify_checksums=True)
         if raw is None:
             if next(db.iterator(include_value=False), None) is not None:
                 raise CorruptDatabase(f"database {self.path} has data but no schema version")
-            db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION), sync=True)
+            try:
+                db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION), sync=True)
+            except plyvel.Error as e:
+                raise StoreUnavailable(f"cannot initialise database {self.path}: {e}") from e
             return
         version = keys.unpack(raw)
         if not isinstance(version, int) or version > keys.SCHEMA_VERSION:
@@ -213,24 +293,35 @@ class Store:
 
     def reverse_entries(self, network: str) -> Iterator[tuple[IPAddress, LeaseKey]]:
         """Every (address, owner) of a network, whatever subnet it claims."""
-        for raw_key, value in self.db.iterator(prefix=keys.reverse_network_prefix(network)):
+        for raw_key, value in self._scan(prefix=keys.reverse_network_prefix(network)):
             address = keys.address_of_reverse_key(network, raw_key)
             yield address, keys.decode_reverse_value(network, value)
 
     def reverse_networks(self) -> set[str]:
         """Names of every network that has reverse entries (for `ipamd check`)."""
         names: set[str] = set()
-        for raw_key in self.db.iterator(prefix=keys.REVERSE, include_value=False):
+        for raw_key in self._scan(prefix=keys.REVERSE, include_value=False):
             names.add(raw_key[1:].split(keys.SEP, 1)[0].decode())
         return names
 
     def networks(self) -> Iterator[Network]:
-        for _, value in self.db.iterator(prefix=keys.NETWORK):
+        for _, value in self._scan(prefix=keys.NETWORK):
             yield keys.decode_network(value)
 
     def all_leases(self) -> Iterator[Lease]:
-        for raw_key, value in self.db.iterator(prefix=keys.LEASE):
+        for raw_key, value in self._scan(prefix=keys.LEASE):
             yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+
+    def _scan(self, **options: Any) -> Iterator[Any]:
+        """A whole-range scan that verifies block checksums (a flipped bit in a
+        table must not read as a different lease); corruption becomes
+        CorruptDatabase. Verifying costs only on blocks read from disk."""
+        db = self.db
+        try:
+            yield from db.iterator(verify_checksums=True, **options)
+            _check_tail(db)
+        except plyvel.Error as e:
+            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
 
     # -- rebuild -----------------------------------------------------------------
 
@@ -239,8 +330,23 @@ class Store:
 
         Raises CorruptDatabase when the leases and reverse entries disagree in
         number (a cheap check that stays within the start-up budget; `ipamd
-        check` compares them entry by entry).
+        check` compares them entry by entry), a block fails its checksum, or an
+        entry cannot be decoded.
         """
+        try:
+            allocator = self._load()
+            self._check_counts(allocator)
+            _check_tail(self.db)
+        except plyvel.Error as e:
+            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+        except _DECODE_ERRORS as e:
+            raise CorruptDatabase(
+                f"database {self.path} holds an entry ipamd cannot decode ({e!r});"
+                " run `ipamd check` for details"
+            ) from e
+        return allocator
+
+    def _load(self) -> Allocator:
         db = self.db
         allocator = Allocator()
         for network in self.networks():
@@ -251,20 +357,23 @@ class Store:
                 base = int(subnet.cidr.network_address)
                 used = [
                     int.from_bytes(raw[skip:], "big") - base
-                    for raw in db.iterator(start=start, stop=stop, include_value=False)
+                    for raw in db.iterator(
+                        start=start, stop=stop, include_value=False, verify_checksums=True
+                    )
                 ]
-                raw_cursor = db.get(keys.cursor_key(network.name, index))
+                raw_cursor = db.get(keys.cursor_key(network.name, index), verify_checksums=True)
                 cursor = None
                 if raw_cursor is not None:
                     cursor = subnet.offset(keys.unpacked_address(raw_cursor))
                 subnet_pools.append(SubnetPool(subnet, used, cursor))
             allocator.pools[network.name] = NetworkPool(network, subnet_pools)
-        self._check_counts(allocator)
         return allocator
 
     def _check_counts(self, allocator: Allocator) -> None:
         leases_per_network: dict[str, int] = {}
-        for raw_key in self.db.iterator(prefix=keys.LEASE, include_value=False):
+        for raw_key in self.db.iterator(
+            prefix=keys.LEASE, include_value=False, verify_checksums=True
+        ):
             network = raw_key.split(keys.SEP, 2)[1].decode()
             leases_per_network[network] = leases_per_network.get(network, 0) + 1
         for name, count in leases_per_network.items():
@@ -282,6 +391,18 @@ class Store:
                         f" entries in subnet {subnet_pool.subnet.cidr};"
                         " run `ipamd check` for details"
                     )
+
+
+def _check_tail(db: plyvel.DB) -> None:
+    """Raise plyvel.Error if a table's last block is damaged.
+
+    LevelDB's iterators skip a block that fails its checksum and remember the
+    error; plyvel checks that error after each step, but not when the step
+    runs off the end. So a scan whose damaged blocks come last just ends early,
+    silently. Seeking to the last entry reads the last block of every level-0
+    table and of each level's last table: the blocks a forward scan can end in.
+    """
+    db.raw_iterator(verify_checksums=True).seek_to_last()
 
 
 def _put_change(batch: plyvel.WriteBatch, change: Change) -> None:

@@ -1,0 +1,189 @@
+"""The store alone: open and schema, the LeaseView reads, and the rebuild at load.
+
+Decisions are made by the real allocator over a `PendingLeases` view of the
+store and persisted with `Store.write`, as the writer does, minus the writer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from ipamd.core import keys
+from ipamd.core.lease import Lease, LeaseKey
+from ipamd.core.requests import GcRequest
+from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from tests.storage.storage_helpers import (
+    NET,
+    V4,
+    V6,
+    alloc,
+    assert_pools_equal,
+    decide_and_write,
+    network,
+    open_store,
+    release,
+    seeded_random,
+)
+
+
+def test_open_creates_database_with_schema(state_dir: Path) -> None:
+    store, allocator = open_store(state_dir)
+    assert store.db.get(keys.SCHEMA_KEY) == keys.pack(keys.SCHEMA_VERSION)
+    assert allocator.pools == {}
+    store.close()
+    store.open(create=False)  # a second open finds it
+    store.close()
+
+
+def test_open_without_create_refuses_a_missing_database(state_dir: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="no database"):
+        Store(state_dir).open(create=False)
+    assert not state_dir.exists()
+
+
+def test_second_open_while_locked_is_unavailable(state_dir: Path) -> None:
+    store, _ = open_store(state_dir)
+    try:
+        with pytest.raises(StoreUnavailable):
+            Store(state_dir).open()
+    finally:
+        store.close()
+
+
+def test_newer_schema_is_refused(state_dir: Path) -> None:
+    store, _ = open_store(state_dir)
+    store.db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION + 1))
+    store.close()
+    with pytest.raises(CorruptDatabase, match="newer"):
+        store.open()
+    assert not store.is_open
+
+
+def test_data_without_schema_is_refused(state_dir: Path) -> None:
+    store, _ = open_store(state_dir)
+    store.db.delete(keys.SCHEMA_KEY)
+    store.db.put(keys.network_key(NET), keys.network_value(network()))
+    store.close()
+    with pytest.raises(CorruptDatabase, match="no schema"):
+        store.open()
+
+
+def test_reads_see_what_was_written(state_dir: Path) -> None:
+    store, allocator = open_store(state_dir)
+    net = network(NET, V4, V6)
+    _, changes = allocator.create_network(net)
+    store.write(changes)
+    for i in range(5):
+        decide_and_write(store, allocator, alloc(f"c{i}", ifname="eth0" if i == 3 else ""))
+
+    key = LeaseKey(NET, "c3", "eth0")
+    lease = store.lease(key)
+    assert lease is not None and lease.key == key
+    assert [a.version for a in lease.addresses] == [4, 6]
+    for address in lease.addresses:
+        assert store.owner(NET, address) == key
+    assert store.owner(NET, ipaddress.ip_address("10.88.9.9")) is None
+    assert [lease.key for lease in store.leases_of("c3")] == [key]
+    assert len(list(store.leases_in(NET))) == 5
+    assert list(store.networks()) == [net]
+    assert store.reverse_networks() == {NET}
+    assert len(list(store.reverse_entries(NET))) == 10
+
+    # Paging by address within one subnet: pages join up, in address order.
+    first = store.leases_in_subnet(NET, net.subnets[1].cidr, after=None, limit=2)
+    after = first[-1].addresses[1]
+    rest = store.leases_in_subnet(NET, net.subnets[1].cidr, after=after, limit=None)
+    paged = [lease.addresses[1] for lease in first + rest]
+    assert paged == sorted(paged) and len(paged) == 5
+    store.close()
+
+
+def test_load_rebuilds_exactly_the_live_index(state_dir: Path) -> None:
+    """A seeded mix of allocs, releases, statics and gc; every few steps a fresh
+    store rebuilds from disk and must equal the live pools."""
+    rng = seeded_random()
+    store, allocator = open_store(state_dir)
+    for net in (
+        network(NET, "10.88.0.0/26", V6, gateway="10.88.0.1", exclude=["10.88.0.8-10.88.0.12"]),
+        network("p2p", "192.168.7.0/31"),
+    ):
+        store.write(allocator.create_network(net)[1])
+    held: set[str] = set()
+    for step in range(300):
+        roll = rng.random()
+        if held and roll < 0.4:
+            container = rng.choice(sorted(held))
+            decide_and_write(store, allocator, release(container))
+            held.discard(container)
+        elif roll < 0.45:
+            keep = frozenset((c, None) for c in held if rng.random() < 0.8)
+            stale = decide_and_write(store, allocator, GcRequest(NET, keep))
+            held -= {lease.key.container_id for lease in stale}
+        else:
+            container = f"c{step}"
+            nets = [NET] if rng.random() < 0.9 else [NET, "p2p"]
+            try:
+                decide_and_write(store, allocator, alloc(container, *nets))
+            except Exception as e:  # a full range is a fine outcome here
+                assert getattr(e, "name", "") == "range_exhausted", e
+            else:
+                held.add(container)
+        if step % 50 == 49:
+            store.close()
+            store.open()
+            assert_pools_equal(allocator, store.load())
+    store.close()
+
+
+def test_load_refuses_leases_and_reverse_entries_that_disagree(state_dir: Path) -> None:
+    store, allocator = open_store(state_dir)
+    store.write(allocator.create_network(network())[1])
+    decide_and_write(store, allocator, alloc("c1"))
+    lease = store.lease(LeaseKey(NET, "c1"))
+    assert lease is not None
+    store.db.delete(keys.reverse_key(NET, lease.addresses[0]))
+    with pytest.raises(CorruptDatabase, match=r"1 lease.*0 reverse.*ipamd check"):
+        store.load()
+    store.close()
+
+
+def test_load_refuses_leases_on_an_undefined_network(state_dir: Path) -> None:
+    store, _ = open_store(state_dir)
+    key = LeaseKey("ghost", "c1")
+    store.db.put(keys.lease_key(key), keys.lease_value(Lease(key, (), 0)))
+    with pytest.raises(CorruptDatabase, match="'ghost', which is not defined"):
+        store.load()
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["network", "cursor"])
+def test_load_turns_undecodable_entries_into_corrupt_database(state_dir: Path, kind: str) -> None:
+    store, allocator = open_store(state_dir)
+    store.write(allocator.create_network(network())[1])
+    raw_key = keys.network_key(NET) if kind == "network" else keys.cursor_key(NET, 0)
+    store.db.put(raw_key, b"\xc1garbage")
+    with pytest.raises(CorruptDatabase, match="cannot decode"):
+        store.load()
+    store.close()
+
+
+def test_load_of_many_leases_hand_written_in_bulk(state_dir: Path) -> None:
+    """The benchmark's way of building a big database (plyvel batches, key
+    encoders) gives what the allocator would have: one run per hole."""
+    store, _ = open_store(state_dir)
+    net = network(NET, "10.0.0.0/14")
+    store.db.put(keys.network_key(NET), keys.network_value(net))
+    base = int(net.subnets[0].cidr.network_address)
+    with store.db.write_batch() as batch:
+        for i in range(20_000):
+            offset = 2 + i + i // 100  # a hole after every hundred
+            lease = Lease(LeaseKey(NET, f"c{i}"), (ipaddress.IPv4Address(base + offset),), 0)
+            batch.put(keys.lease_key(lease.key), keys.lease_value(lease))
+            batch.put(keys.reverse_key(NET, lease.addresses[0]), keys.reverse_value(lease.key))
+    pool = store.load().pools[NET].subnets[0]
+    assert pool.used == 20_000
+    assert pool.free.run_count == 1 + 20_000 // 100  # offset 1, then each hole
+    store.close()
