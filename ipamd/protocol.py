@@ -193,8 +193,15 @@ class RpcConnection:
             return
         if self._eof:
             raise LocalProtocolError("receive_data() after EOF")
-        if self._fatal is None:
-            self._pending += data
+        if self._fatal is not None:
+            return
+        if not self._pending and len(data) <= self._room():
+            # Nothing waits ahead of these bytes and they fit the frame bound: feed them
+            # now, as `_feed_more` would on the next `next_event`, without the copies.
+            self._unpacker.feed(data)
+            self._fed += len(data)
+            return
+        self._pending += data
 
     def next_event(self) -> Event | Literal[NeedData.NEED_DATA]:
         """The next event from the bytes received so far, or `NEED_DATA`.
@@ -248,11 +255,16 @@ class RpcConnection:
         # current frame have been fed. Feeding at most up to that bound keeps the unpacker's
         # buffer (which holds only unconsumed bytes, all at or after _frame_start) within
         # max_buffer_size, and lets an oversized frame be seen as such.
-        room = self.limits.max_frame_bytes + 1 - (self._fed - self._frame_start)
+        room = self._room()
         chunk = bytes(self._pending[:room])
         del self._pending[:room]
         self._unpacker.feed(chunk)
         self._fed += len(chunk)
+
+    def _room(self) -> int:
+        """Bytes the unpacker may take now: what keeps its unconsumed bytes, which all
+        lie at or after `_frame_start`, within max_frame_bytes + 1."""
+        return self.limits.max_frame_bytes + 1 - (self._fed - self._frame_start)
 
     def _fail(self, error: IpamError) -> ProtocolViolation:
         self._fatal = ProtocolViolation(None, error, fatal=True)

@@ -2,16 +2,19 @@
 
 Rules it keeps:
 - A connection is a thin driver around a sans-IO `RpcConnection`: bytes in,
-  events out, response bytes into an outbox that one sender task flushes (many
-  pipelined answers leave in one `send`).
-- Reads are answered inline, in order; mutations run as tasks (at most
-  `max_in_flight` per connection: beyond that the connection stops reading,
-  which pushes back on the client) and are answered by msgid when their batch
-  is synced, possibly out of order.
+  events out. An answer is written to the socket at once when nothing is queued
+  ahead of it and the socket has room (the common case: no task switch per
+  answer); otherwise it goes to an outbox that one sender task flushes (many
+  pipelined answers leave in one `send`), with the send timeout below.
+- Reads are answered inline, in order; mutations are queued to the writer (at
+  most `max_in_flight` per connection: beyond that the connection stops
+  reading, which pushes back on the client) and are answered by msgid from the
+  writer's callback when their batch is synced, possibly out of order.
 - A client that misbehaves loses its own connection and nothing else: idle or
   half-sent frames past `idle_timeout_s`, responses it does not read within
   SEND_TIMEOUT_S, a frame the stream cannot recover from. The writer never
-  waits on a client: it only sets an event a connection task waits on.
+  waits on a client: its callback only tries a non-blocking write, else queues
+  the answer for the connection's sender task.
 - Running out of file descriptors pauses accepting briefly; it never stops the
   server.
 """
@@ -19,7 +22,10 @@ Rules it keeps:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
+import math
+import os
 import socket
 import struct
 from typing import Any
@@ -119,8 +125,11 @@ class Server:
                 await stream.aclose()
 
     def _mutation_started(self) -> None:
+        # A fresh event only when leaving quiet: `wait_quiet` may be waiting on the
+        # current one, which must be the one set when in_flight drops back to 0.
+        if self._quiet.is_set():
+            self._quiet = trio.Event()
         self.in_flight += 1
-        self._quiet = trio.Event()
 
     def _mutation_done(self) -> None:
         self.in_flight -= 1
@@ -140,10 +149,13 @@ class Connection:
         self.outbox_bytes = 0
         self.outbox_ready = trio.Event()
         self.outbox_drained = trio.Event()
+        self.sending = False  # the sender task is in send_all: nothing may overtake it
         self.closing = False
+        self._cancel_scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            self._cancel_scope = nursery.cancel_scope
             nursery.start_soon(self._send_loop, nursery.cancel_scope)
             await self._receive_loop(nursery)
             # Answer what is in flight, flush, then close.
@@ -154,18 +166,30 @@ class Connection:
 
     async def _receive_loop(self, nursery: trio.Nursery) -> None:
         idle = self.server.limits.idle_timeout_s
+        data: bytes | None = None
         while True:
-            data = None
-            with trio.move_on_after(idle):
-                data = await self.stream.receive_some(RECEIVE_BYTES)
-            if data is None:
-                if self.slots.value < self.server.limits.max_in_flight:
-                    continue  # waiting on our own answers is not idling
-                log.debug("closing idle connection of %s", self.peer)
-                return
-            self.rpc.receive_data(data)
-            if not await self._handle_events(nursery) or not data:
-                return
+            # The idle timeout covers each wait for bytes, from its start. One cancel
+            # scope serves every wait until it fires (a new scope per receive costs
+            # about what the receive does); its deadline is lifted while the events
+            # are handled, so nothing else can run into it.
+            with trio.CancelScope() as waiting:
+                while True:
+                    if data is not None:
+                        self.rpc.receive_data(data)
+                        if not await self._handle_events(nursery) or not data:
+                            return
+                        data = None
+                    waiting.deadline = trio.current_time() + idle
+                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                    waiting.deadline = math.inf
+                    if waiting.cancel_called:
+                        break  # the deadline passed as the bytes came: handle them anew
+            if data is not None:
+                continue
+            if self.slots.value < self.server.limits.max_in_flight:
+                continue  # waiting on our own answers is not idling
+            log.debug("closing idle connection of %s", self.peer)
+            return
 
     async def _handle_events(self, nursery: trio.Nursery) -> bool:
         """Act on every complete frame; False when the connection must close."""
@@ -175,11 +199,12 @@ class Connection:
                 return True
             if isinstance(event, Request):
                 if self.service.is_mutation(event.method):
-                    await self.slots.acquire()
-                    self.server._mutation_started()
-                    nursery.start_soon(self._mutate, event)
+                    await self._start_mutation(event)
                 else:
                     self._reply(event.msgid, *self._read(event))
+                    # Reads are answered inline: yield between them, or one client's
+                    # pipelined burst of them would stall every other connection.
+                    await trio.lowlevel.checkpoint()
             elif isinstance(event, Notification):
                 log.debug("ignoring notification %r from %s", event.method, self.peer)
             elif isinstance(event, ProtocolViolation):
@@ -202,25 +227,45 @@ class Connection:
             log.exception("%s failed", request.method)
             return Unavailable(f"internal error in {request.method}; see the daemon's log"), None
 
-    async def _mutate(self, request: Request) -> None:
+    async def _start_mutation(self, request: Request) -> None:
+        try:  # a free slot, without a trip through the scheduler
+            self.slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self.slots.acquire()
+        self.server._mutation_started()
+        answered = functools.partial(self._mutation_answered, request.msgid)
         try:
-            try:
-                result = await self.service.mutate(request.method, request.params, self.peer)
-            except IpamError as e:
-                self._reply(request.msgid, e, None)
-            except Exception:
-                log.exception("%s failed", request.method)
-                self._reply(
-                    request.msgid, Unavailable("internal error; see the daemon's log"), None
-                )
-            else:
-                self._reply(request.msgid, None, result)
+            self.service.start_mutation(request.method, request.params, self.peer, answered)
+        except IpamError as e:
+            answered(None, e)
+        except Exception:
+            log.exception("%s failed", request.method)
+            answered(None, Unavailable("internal error; see the daemon's log"))
+
+    def _mutation_answered(self, msgid: int, result: Any, error: IpamError | None) -> None:
+        """The writer's callback (or the refusal above). REQUIRES: holds a slot."""
+        try:
+            self._reply(msgid, error, result)
+        except Exception:
+            log.exception("connection failed; closing it")
+            if self._cancel_scope is not None:
+                self._cancel_scope.cancel()
         finally:
             self.server._mutation_done()
             self.slots.release()
 
     def _reply(self, msgid: int, error: IpamError | None, result: Any) -> None:
         data = self.rpc.send_response(msgid, error, result)
+        if not self.outbox and not self.sending:
+            # Nothing queued ahead: write now if the socket has room. Any error
+            # is left for the sender task to meet and report, as it always did.
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
         self.outbox.append(data)
         self.outbox_bytes += len(data)
         self.outbox_ready.set()
@@ -239,8 +284,12 @@ class Connection:
             if self.outbox:
                 data = b"".join(self.outbox)
                 self.outbox.clear()
-                with trio.move_on_after(SEND_TIMEOUT_S) as timeout:
-                    await self.stream.send_all(data)
+                self.sending = True
+                try:
+                    with trio.move_on_after(SEND_TIMEOUT_S) as timeout:
+                        await self.stream.send_all(data)
+                finally:
+                    self.sending = False
                 if timeout.cancelled_caught:
                     log.info("%s stopped reading its responses; closing", self.peer)
                     scope.cancel()

@@ -38,7 +38,7 @@ from ipamd.errors import (
     PermissionDenied,
     UnknownMethod,
 )
-from ipamd.writer import NetworkSnapshot, Writer
+from ipamd.writer import NetworkSnapshot, OnDone, Writer
 
 log = logging.getLogger("ipamd.service")
 
@@ -118,6 +118,29 @@ class Service:
             raise
         log.info("%s %s by %s: ok", method, _subject(params), peer)
         return result
+
+    def start_mutation(
+        self, method: str, params: dict[str, Any], peer: Peer, on_done: OnDone
+    ) -> None:
+        """`mutate` without a task per call: check, parse and queue the mutation now
+        (raising its IpamError at once if that fails); `on_done(result, error)` is
+        called from the writer task once its batch is synced. Logs as `mutate` does.
+        """
+        if not self.may_mutate(peer):
+            raise PermissionDenied(f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})")
+
+        def done(result: Any, error: IpamError | None) -> None:
+            if error is None:
+                log.info("%s %s by %s: ok", method, _subject(params), peer)
+            else:
+                log.info("%s %s by %s: %s: %s", method, _subject(params), peer, error.name, error)
+            on_done(result, error)
+
+        try:
+            self.writer.submit_nowait(MUTATIONS[method](params), done)
+        except IpamError as e:
+            log.info("%s %s by %s: %s: %s", method, _subject(params), peer, e.name, e)
+            raise
 
     # -- reads ---------------------------------------------------------------------
 

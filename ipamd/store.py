@@ -140,6 +140,9 @@ class Store:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
+            except OSError as e:
+                if e.errno != errno.EINVAL:  # as LevelDB: some filesystems cannot sync directories
+                    raise
             finally:
                 os.close(fd)
 

@@ -82,19 +82,34 @@ def snapshot(allocator: Allocator) -> dict[str, NetworkSnapshot]:
     }
 
 
-class _Waiter:
-    __slots__ = ("done", "error", "mutation", "result", "submitted")
+# Called with (result, error) once a mutation is decided and its batch synced.
+OnDone = Callable[[Any, IpamError | None], None]
 
-    def __init__(self, mutation: Mutation) -> None:
+
+class _Waiter:
+    """One queued mutation and whoever waits for it: a task (`done`) or a callback."""
+
+    __slots__ = ("done", "error", "mutation", "on_done", "result", "submitted")
+
+    def __init__(self, mutation: Mutation, on_done: OnDone | None = None) -> None:
         self.mutation = mutation
-        self.done = trio.Event()
+        self.on_done = on_done
+        # A callback needs no Event: the server's connections answer without a task each.
+        self.done = trio.Event() if on_done is None else None
         self.result: Any = None
         self.error: IpamError | None = None
         self.submitted = time.monotonic()
 
     def answer(self, result: Any = None, error: IpamError | None = None) -> None:
         self.result, self.error = result, error
-        self.done.set()
+        if self.done is not None:
+            self.done.set()
+            return
+        assert self.on_done is not None
+        try:
+            self.on_done(result, error)
+        except Exception:  # a bug in one answer must not take the writer down
+            log.exception("answering %s failed", type(self.mutation).__name__)
 
 
 class Writer:
@@ -128,21 +143,32 @@ class Writer:
 
     async def submit(self, mutation: Mutation) -> Any:
         """Decide and persist one mutation; its wire result once synced."""
-        if not self._accepting:
-            raise Unavailable("ipamd is shutting down")
         waiter = _Waiter(mutation)
-        try:
-            self._send.send_nowait(waiter)
-        except trio.WouldBlock:
-            raise Unavailable("too many mutations queued; try again later") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise Unavailable("ipamd is shutting down") from None
+        self._enqueue(waiter)
+        assert waiter.done is not None
         # A caller cancelled here loses only its reply: the decision still
         # commits (or not) with its group, and a retry is idempotent.
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
+
+    def submit_nowait(self, mutation: Mutation, on_done: OnDone) -> None:
+        """Queue one mutation; `on_done(result, error)` is called from the writer
+        task once it is decided and synced (or refused at shutdown). `on_done`
+        must neither block nor raise. Raises `Unavailable` at once when the
+        mutation cannot be queued."""
+        self._enqueue(_Waiter(mutation, on_done))
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        if not self._accepting:
+            raise Unavailable("ipamd is shutting down")
+        try:
+            self._send.send_nowait(waiter)
+        except trio.WouldBlock:
+            raise Unavailable("too many mutations queued; try again later") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise Unavailable("ipamd is shutting down") from None
 
     # -- the writer task -----------------------------------------------------------
 
@@ -156,7 +182,11 @@ class Writer:
                         group.append(self._receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await self._commit(group)
+                # Shielded: a group taken off the channel is decided, written and
+                # answered even if shutdown cancels us now (to_thread.run_sync would
+                # raise Cancelled before the write, leaving its waiters unanswered).
+                with trio.CancelScope(shield=True):
+                    await self._commit(group)
         finally:
             self._refuse_queued()
 
