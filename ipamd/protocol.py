@@ -48,7 +48,8 @@ MSGID_MAX: Final = 2**32 - 1
 MSGPACK_STACK_DEPTH: Final = 1024
 
 # The Unpacker's first buffer; it grows on demand up to max_frame_bytes + 1.
-_INITIAL_BUFFER: Final = 64 * 1024
+# Small: every connection holds one, and most frames are a few hundred bytes.
+_INITIAL_BUFFER: Final = 4 * 1024
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -202,6 +203,12 @@ class RpcConnection:
             self._fed += len(data)
             return
         self._pending += data
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether bytes of an unfinished frame are buffered (once `next_event`
+        has returned NEED_DATA)."""
+        return self._fed > self._frame_start or bool(self._pending)
 
     def next_event(self) -> Event | Literal[NeedData.NEED_DATA]:
         """The next event from the bytes received so far, or `NEED_DATA`.

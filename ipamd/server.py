@@ -167,6 +167,9 @@ class Connection:
     async def _receive_loop(self, nursery: trio.Nursery) -> None:
         idle = self.server.limits.idle_timeout_s
         data: bytes | None = None
+        # A frame must arrive whole within `idle` of its first byte: a client that
+        # trickles a byte at a time would otherwise hold its connection forever.
+        frame_deadline: float | None = None
         while True:
             # The idle timeout covers each wait for bytes, from its start. One cancel
             # scope serves every wait until it fires (a new scope per receive costs
@@ -179,13 +182,22 @@ class Connection:
                         if not await self._handle_events(nursery) or not data:
                             return
                         data = None
-                    waiting.deadline = trio.current_time() + idle
+                    if self.rpc.in_frame:
+                        if frame_deadline is None:
+                            frame_deadline = trio.current_time() + idle
+                        waiting.deadline = frame_deadline
+                    else:
+                        frame_deadline = None
+                        waiting.deadline = trio.current_time() + idle
                     data = await self.stream.receive_some(RECEIVE_BYTES)
                     waiting.deadline = math.inf
                     if waiting.cancel_called:
                         break  # the deadline passed as the bytes came: handle them anew
             if data is not None:
                 continue
+            if self.rpc.in_frame:
+                log.info("closing connection of %s: a frame stalled half-sent", self.peer)
+                return
             if self.slots.value < self.server.limits.max_in_flight:
                 continue  # waiting on our own answers is not idling
             log.debug("closing idle connection of %s", self.peer)

@@ -108,23 +108,13 @@ class Service:
             raise UnknownMethod(f"no such method {method!r}")
         return handler(params)
 
-    async def mutate(self, method: str, params: dict[str, Any], peer: Peer) -> Any:
-        if not self.may_mutate(peer):
-            raise PermissionDenied(f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})")
-        try:
-            result = await self.writer.submit(MUTATIONS[method](params))
-        except IpamError as e:
-            log.info("%s %s by %s: %s: %s", method, _subject(params), peer, e.name, e)
-            raise
-        log.info("%s %s by %s: ok", method, _subject(params), peer)
-        return result
-
     def start_mutation(
         self, method: str, params: dict[str, Any], peer: Peer, on_done: OnDone
     ) -> None:
-        """`mutate` without a task per call: check, parse and queue the mutation now
-        (raising its IpamError at once if that fails); `on_done(result, error)` is
-        called from the writer task once its batch is synced. Logs as `mutate` does.
+        """Check, parse and queue a mutation now, in the caller's order (raising
+        its IpamError at once if that fails); `on_done(result, error)` is called
+        from the writer task once its batch is synced. Every outcome is logged
+        with the caller's pid and uid.
         """
         if not self.may_mutate(peer):
             raise PermissionDenied(f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})")

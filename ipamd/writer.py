@@ -221,6 +221,15 @@ class Writer:
                 result, decided = self._decide(waiter.mutation, view, now)
             except IpamError as e:
                 outcomes.append((None, e))
+            except Exception:
+                # A bug or an unreadable lease: the working state can no longer be
+                # trusted. Fail the group, write nothing, rebuild before the next.
+                log.exception("deciding %s failed", type(waiter.mutation).__name__)
+                internal = Unavailable("internal error while deciding; nothing was changed")
+                for answered in group:
+                    answered.answer(error=internal)
+                self._dirty = True
+                return
             else:
                 outcomes.append((result, None))
                 changes += decided

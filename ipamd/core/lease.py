@@ -81,19 +81,17 @@ class Lease:
 
     def ips_to_wire(self, network: Network) -> list[dict[str, Any]]:
         ips: list[dict[str, Any]] = []
-        for address in self.addresses:
+        for position, address in enumerate(self.addresses):
+            # Addresses are in subnet order; look further only if the store disagrees.
+            subnets = network.subnets
+            if position < len(subnets) and subnets[position].contains(address):
+                ips.append(subnets[position].ip_to_wire(address))
+                continue
             index = network.subnet_of(address)
             if index is None:  # only a corrupt store gets here; show what we have
                 ips.append({"address": str(address), "subnet": ""})
-                continue
-            subnet = network.subnets[index]
-            entry: dict[str, Any] = {
-                "address": f"{address}/{subnet.cidr.prefixlen}",
-                "subnet": str(subnet.cidr),
-            }
-            if subnet.gateway is not None:
-                entry["gateway"] = str(subnet.gateway)
-            ips.append(entry)
+            else:
+                ips.append(subnets[index].ip_to_wire(address))
         return ips
 
     def to_wire(self, network: Network) -> dict[str, Any]:

@@ -67,27 +67,59 @@ class Subnet:
     # Normalised exclusion ranges as (first, last) addresses, in the given order.
     exclude: tuple[tuple[IPAddress, IPAddress], ...] = field(default=())
 
+    # Derived once (every allocation asks for them; `ipaddress` is slow):
+    # the network address as an int, the host bounds and the lease range as
+    # offsets from it, and the text forms the wire needs.
+    _base: int = field(init=False, repr=False, compare=False)
+    _size: int = field(init=False, repr=False, compare=False)
+    _host_bounds: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _lease_range: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _wire_ip: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        base = int(self.cidr.network_address)
+        size = int(self.cidr.num_addresses)
+        last = size - 1
+        if is_point_to_point(self.cidr):
+            bounds = (0, last)
+        elif self.cidr.version == 4:
+            bounds = (1, last - 1)  # minus network and broadcast
+        else:
+            bounds = (1, last)  # minus the network (subnet-router anycast) address
+        low, high = bounds
+        first = low if self.range_start is None else max(low, int(self.range_start) - base)
+        end = high if self.range_end is None else min(high, int(self.range_end) - base)
+        wire = {"subnet": str(self.cidr)}
+        if self.gateway is not None:
+            wire["gateway"] = str(self.gateway)
+        for name, value in (
+            ("_base", base),
+            ("_size", size),
+            ("_host_bounds", bounds),
+            ("_lease_range", (first, end)),
+            ("_wire_ip", wire),
+        ):
+            object.__setattr__(self, name, value)
+
     # -- derived offsets (from the network address) -------------------------
 
     def offset(self, address: IPAddress) -> int:
-        return int(address) - int(self.cidr.network_address)
+        return int(address) - self._base
 
     def address_at(self, offset: int) -> IPAddress:
         return self.cidr.network_address + offset
 
+    def contains(self, address: IPAddress) -> bool:
+        return address.version == self.cidr.version and 0 <= int(address) - self._base < self._size
+
     @property
     def size(self) -> int:
-        return int(self.cidr.num_addresses)
+        return self._size
 
     @property
     def host_bounds(self) -> tuple[int, int]:
         """Offsets of the first and last address that may ever be handed out."""
-        last = self.size - 1
-        if is_point_to_point(self.cidr):
-            return 0, last
-        if self.cidr.version == 4:
-            return 1, last - 1  # minus network and broadcast
-        return 1, last  # minus the network (subnet-router anycast) address
+        return self._host_bounds
 
     @property
     def lease_range(self) -> tuple[int, int]:
@@ -95,10 +127,11 @@ class Subnet:
 
         May be empty (first > last), e.g. a range of just the network address.
         """
-        low, high = self.host_bounds
-        first = low if self.range_start is None else max(low, self.offset(self.range_start))
-        last = high if self.range_end is None else min(high, self.offset(self.range_end))
-        return first, last
+        return self._lease_range
+
+    def ip_to_wire(self, address: IPAddress) -> dict[str, str]:
+        """An address of this subnet as the wire shows it in a lease."""
+        return {"address": f"{address}/{self.cidr.prefixlen}", **self._wire_ip}
 
     def reserved_ranges(self) -> list[tuple[int, int]]:
         """Offset ranges inside the host bounds that are never handed out."""
@@ -256,7 +289,7 @@ class Network:
     def subnet_of(self, address: IPAddress) -> int | None:
         """Index of the subnet holding `address`, or None."""
         for i, subnet in enumerate(self.subnets):
-            if address.version == subnet.cidr.version and address in subnet.cidr:
+            if subnet.contains(address):
                 return i
         return None
 

@@ -102,6 +102,8 @@ class PendingLeases:
         self.base = base
         self._leases: dict[LeaseKey, Lease | None] = {}  # None: deleted in this batch
         self._owners: dict[tuple[str, IPAddress], LeaseKey | None] = {}
+        # This batch's keys by container: `leases_of` must not walk the whole batch.
+        self._by_container: dict[str, set[LeaseKey]] = {}
 
     def lease(self, key: LeaseKey) -> Lease | None:
         if key in self._leases:
@@ -124,7 +126,7 @@ class PendingLeases:
                 yield pending
 
     def leases_of(self, container_id: str) -> Iterator[Lease]:
-        mine = {k: v for k, v in self._leases.items() if k.container_id == container_id}
+        mine = {k: self._leases[k] for k in self._by_container.get(container_id, ())}
         return self._merged(self.base.leases_of(container_id), mine)
 
     def leases_in(self, network: str) -> Iterator[Lease]:
@@ -132,6 +134,9 @@ class PendingLeases:
         return self._merged(self.base.leases_in(network), mine)
 
     def apply(self, change: Change) -> None:
+        if isinstance(change, PutLease | DeleteLease):
+            key = change.lease.key
+            self._by_container.setdefault(key.container_id, set()).add(key)
         if isinstance(change, PutLease):
             self._leases[change.lease.key] = change.lease
             for address in change.lease.addresses:

@@ -250,6 +250,30 @@ def test_a_stalled_half_frame_is_closed_after_the_idle_timeout(strict_daemon: Da
     assert good.problems == [] and good.rounds > 0
 
 
+def test_a_frame_trickled_a_byte_at_a_time_is_closed_after_the_idle_timeout(
+    strict_daemon: Daemon,
+) -> None:
+    """Each byte arrives well within the idle timeout, but the frame never
+    completes: the connection is closed once the frame is a timeout old."""
+    frame = msgpack.packb([0, 1, "ping", [{"pad": "x" * 200}]])
+    with strict_daemon.client(timeout=10) as trickler:
+        started = time.monotonic()
+        closed_after = None
+        for byte in frame[:-1]:
+            try:
+                trickler.sock.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.2)
+            if time.monotonic() - started > 5:
+                break
+        if closed_after is None:
+            assert receive_until_closed(trickler) == []
+            closed_after = time.monotonic() - started
+    assert 0.9 <= closed_after < 3, closed_after
+
+
 def test_a_client_that_never_reads_does_not_block_others(strict_daemon: Daemon) -> None:
     with strict_daemon.client(timeout=5) as setup:
         create_network(setup, "fat-net", cidr=24)
