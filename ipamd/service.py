@@ -9,7 +9,6 @@ server passes in the caller's SO_PEERCRED credentials.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -38,9 +37,8 @@ from ipamd.errors import (
     PermissionDenied,
     UnknownMethod,
 )
+from ipamd.mutation_log import MutationLog
 from ipamd.writer import NetworkSnapshot, OnDone, Writer
-
-log = logging.getLogger("ipamd.service")
 
 MUTATIONS: dict[str, Callable[[dict[str, Any]], Mutation]] = {
     "network.create": CreateNetworkRequest.from_wire,
@@ -79,6 +77,7 @@ class Service:
         self.config = config
         self.connection_count = connection_count
         self.started = time.monotonic()
+        self.mutation_log = MutationLog()
         self._own_uid = os.getuid()
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.ping,
@@ -116,20 +115,21 @@ class Service:
         from the writer task once its batch is synced. Every outcome is logged
         with the caller's pid and uid.
         """
-        if not self.may_mutate(peer):
-            raise PermissionDenied(f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})")
+        subject, caller = _subject(params), str(peer)
 
         def done(result: Any, error: IpamError | None) -> None:
-            if error is None:
-                log.info("%s %s by %s: ok", method, _subject(params), peer)
-            else:
-                log.info("%s %s by %s: %s: %s", method, _subject(params), peer, error.name, error)
+            outcome = "ok" if error is None else f"{error.name}: {error}"
+            self.mutation_log.record(method, subject, caller, outcome)
             on_done(result, error)
 
         try:
+            if not self.may_mutate(peer):
+                raise PermissionDenied(
+                    f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})"
+                )
             self.writer.submit_nowait(MUTATIONS[method](params), done)
         except IpamError as e:
-            log.info("%s %s by %s: %s: %s", method, _subject(params), peer, e.name, e)
+            self.mutation_log.record(method, subject, caller, f"{e.name}: {e}")
             raise
 
     # -- reads ---------------------------------------------------------------------
