@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +58,21 @@ _DECODE_ERRORS = (
 )
 
 
+def _reason(error: Exception) -> str:
+    """An error's message for people: plyvel's carry LevelDB's status as bytes."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if error.args and isinstance(error.args[0], bytes):
+        return error.args[0].decode(errors="replace")
+    return str(error)
+
+
 class CorruptDatabase(Exception):
     """The database cannot be trusted; restarting will not help (exit status 65)."""
 
 
 class StoreUnavailable(Exception):
     """The database could not be opened for a reason other than corruption."""
-
-
-@dataclass
-class LoadReport:
-    networks: int = 0
-    leases: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 class Store:
@@ -89,7 +90,7 @@ class Store:
                 self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as e:
                 raise StoreUnavailable(
-                    f"cannot create state directory {self.state_dir}: {e}"
+                    f"cannot create state directory {self.state_dir}: {_reason(e)}"
                 ) from e
         elif not self.path.exists():
             raise StoreUnavailable(f"no database at {self.path}")
@@ -105,12 +106,12 @@ class Store:
                 paranoid_checks=True,
             )
         except plyvel.CorruptionError as e:
-            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+            raise CorruptDatabase(f"database {self.path} is corrupt: {_reason(e)}") from e
         except plyvel.IOError as e:
-            raise StoreUnavailable(f"cannot open database {self.path}: {e}") from e
+            raise StoreUnavailable(f"cannot open database {self.path}: {_reason(e)}") from e
         except plyvel.Error as e:
             # LevelDB reports a missing CURRENT or MANIFEST as "Invalid argument".
-            raise CorruptDatabase(f"database {self.path} cannot be opened: {e}") from e
+            raise CorruptDatabase(f"database {self.path} cannot be opened: {_reason(e)}") from e
         try:
             self._check_schema(db)
             self._sync_directories()
@@ -118,10 +119,12 @@ class Store:
             # Opened but unreadable (e.g. "IO error: ...ldb: Invalid argument" for a
             # block handle pointing past the file's end): a restart will not help.
             db.close()
-            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+            raise CorruptDatabase(f"database {self.path} is corrupt: {_reason(e)}") from e
         except OSError as e:
             db.close()
-            raise StoreUnavailable(f"cannot sync the directories of {self.path}: {e}") from e
+            raise StoreUnavailable(
+                f"cannot sync the directories of {self.path}: {_reason(e)}"
+            ) from e
         except BaseException:
             db.close()
             raise
@@ -173,7 +176,7 @@ class Store:
                     f.seek(start)
                     tail = f.read()
             except OSError as e:
-                raise StoreUnavailable(f"cannot read {log_file}: {e}") from e
+                raise StoreUnavailable(f"cannot read {log_file}: {_reason(e)}") from e
             problem = leveldb_log.silently_dropped_tail(tail, start)
             if problem is not None:
                 raise CorruptDatabase(
@@ -188,7 +191,9 @@ class Store:
             try:
                 db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION), sync=True)
             except plyvel.Error as e:
-                raise StoreUnavailable(f"cannot initialise database {self.path}: {e}") from e
+                raise StoreUnavailable(
+                    f"cannot initialise database {self.path}: {_reason(e)}"
+                ) from e
             return
         version = keys.unpack(raw)
         if not isinstance(version, int) or version > keys.SCHEMA_VERSION:
@@ -228,7 +233,7 @@ class Store:
             needed = sum(p.stat().st_size for p in self.path.glob("*.log")) + REOPEN_MARGIN_BYTES
             stats = os.statvfs(self.path)
         except OSError as e:
-            return f"cannot check free space in {self.path}: {e}"
+            return f"cannot check free space in {self.path}: {_reason(e)}"
         free = stats.f_bavail * stats.f_frsize
         if free < needed:
             return f"{free} bytes free in {self.path}, {needed} needed to reopen the database"
@@ -243,7 +248,7 @@ class Store:
                 for change in changes:
                     _put_change(batch, change)
         except plyvel.Error as e:
-            raise StorageError(f"write to {self.path} failed: {e}") from e
+            raise StorageError(f"write to {self.path} failed: {_reason(e)}") from e
         except OSError as e:
             raise StorageError(
                 f"write to {self.path} failed: {os.strerror(e.errno or errno.EIO)}"
@@ -324,7 +329,7 @@ class Store:
             yield from db.iterator(verify_checksums=True, **options)
             _check_tail(db)
         except plyvel.Error as e:
-            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+            raise CorruptDatabase(f"database {self.path} is corrupt: {_reason(e)}") from e
 
     # -- rebuild -----------------------------------------------------------------
 
@@ -341,7 +346,7 @@ class Store:
             self._check_counts(allocator)
             _check_tail(self.db)
         except plyvel.Error as e:
-            raise CorruptDatabase(f"database {self.path} is corrupt: {e}") from e
+            raise CorruptDatabase(f"database {self.path} is corrupt: {_reason(e)}") from e
         except _DECODE_ERRORS as e:
             raise CorruptDatabase(
                 f"database {self.path} holds an entry ipamd cannot decode ({e!r});"
