@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ipamd.core.lease import LeaseKey
-from ipamd.core.network import IPAddress, Network, Subnet
+from ipamd.core.network import IPAddress, Network
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 
 EXIT_OK = 0
@@ -171,7 +171,7 @@ class _Checker:
                 )
                 continue
             per_subnet[index].append(address)
-            reason = _never_leased(network.subnets[index], address)
+            reason = network.subnets[index].reserved_reason(address)
             if reason is not None:
                 self.problems.append(f"lease {key} holds {address}, which is {reason}")
         for index, subnet in enumerate(network.subnets):
@@ -249,22 +249,6 @@ def _address(slot: Slot) -> IPAddress:
 
 def _subnets_text(network: Network) -> str:
     return ", ".join(str(s.cidr) for s in network.subnets) or "no subnets"
-
-
-def _never_leased(subnet: Subnet, address: IPAddress) -> str | None:
-    """Why no lease may hold `address` (inside `subnet`), or None."""
-    offset = subnet.offset(address)
-    low, high = subnet.host_bounds
-    if offset < low:
-        return f"the network address of subnet {subnet.cidr}"
-    if offset > high:
-        return f"the broadcast address of subnet {subnet.cidr}"
-    if address == subnet.gateway:
-        return f"the gateway of subnet {subnet.cidr}"
-    for first, last in subnet.exclude:
-        if int(first) <= int(address) <= int(last):
-            return f"excluded in subnet {subnet.cidr}"
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

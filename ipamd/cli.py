@@ -8,30 +8,9 @@ document with sorted keys, for scripts (`leases` prints one JSON array, one
 lease per line, as it pages through them). Errors go to stderr as one line,
 `ipamd-client: NAME: MESSAGE`, and set the exit status.
 
-Exit statuses:
-
-    0    success
-    11   invalid_request          (a daemon error: 10 + its code)
-    12   unknown_method
-    13   network_not_found
-    14   network_exists
-    15   address_in_use
-    16   address_not_allocatable
-    17   range_exhausted
-    18   lease_not_found
-    19   network_in_use
-    20   permission_denied
-    21   unavailable
-    22   storage_error
-    23   request_too_large
-    1    a daemon error code this client does not know (from a newer daemon)
-    64   usage: bad arguments (EX_USAGE)
-    65   --file is not valid JSON or TOML (EX_DATAERR)
-    66   --file or --valid-from cannot be read (EX_NOINPUT)
-    69   cannot connect to ipamd, or it went away mid-call (EX_UNAVAILABLE)
-    75   ipamd did not answer within --timeout; a mutation's outcome is unknown (EX_TEMPFAIL)
-    76   the socket's peer broke the protocol: not an ipamd? (EX_PROTOCOL)
-    130  interrupted
+Exit statuses: 0 on success, 10 + the daemon's error code for a daemon error
+(11 invalid_request ... 23 request_too_large), sysexits for the rest; the
+whole table is EXIT_STATUS_HELP below, which `--help` prints.
 
 Choices written down here:
 

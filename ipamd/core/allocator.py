@@ -232,7 +232,7 @@ class Allocator:
             if static is not None:
                 reason = subnet.reserved_reason(static)
                 if reason is not None:
-                    raise AddressNotAllocatable(reason)
+                    raise AddressNotAllocatable(f"requested ip address {static} is {reason}")
                 offset = subnet.offset(static)
                 if not subnet_pool.free.is_free(offset):
                     holder = view.owner(network.name, static)

@@ -141,18 +141,19 @@ class Subnet:
         return reserved
 
     def reserved_reason(self, address: IPAddress) -> str | None:
-        """Why `address` (inside the subnet) may not be leased, or None."""
+        """Why `address` (inside the subnet) may never be leased, as what it "is"
+        (e.g. "the gateway of subnet 10.88.0.0/16"), or None."""
         offset = self.offset(address)
         low, high = self.host_bounds
         if offset < low:
-            return f"requested ip address {address} is the network address of subnet {self.cidr}"
+            return f"the network address of subnet {self.cidr}"
         if offset > high:
-            return f"requested ip address {address} is the broadcast address of subnet {self.cidr}"
+            return f"the broadcast address of subnet {self.cidr}"
         if address == self.gateway:
-            return f"requested ip address {address} is subnet's gateway"
+            return f"the gateway of subnet {self.cidr}"
         for first, last in self.exclude:
             if int(first) <= int(address) <= int(last):
-                return f"requested ip address {address} is excluded in subnet {self.cidr}"
+                return f"excluded in subnet {self.cidr}"
         return None
 
     @property

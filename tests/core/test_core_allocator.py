@@ -292,10 +292,10 @@ def test_static_inside_and_outside_the_lease_range() -> None:
     [
         ("10.0.0.0", "requested ip address 10.0.0.0 is the network address of subnet 10.0.0.0/24"),
         ("10.0.0.255", "requested ip address 10.0.0.255 is the broadcast address of subnet"),
-        ("10.0.0.1", "requested ip address 10.0.0.1 is subnet's gateway"),
+        ("10.0.0.1", "requested ip address 10.0.0.1 is the gateway of subnet 10.0.0.0/24"),
         ("10.0.0.33", "requested ip address 10.0.0.33 is excluded in subnet 10.0.0.0/24"),
         ("fd00::", "requested ip address fd00:: is the network address of subnet fd00::/120"),
-        ("fd00::1", "requested ip address fd00::1 is subnet's gateway"),
+        ("fd00::1", "requested ip address fd00::1 is the gateway of subnet fd00::/120"),
         ("10.0.1.1", "requested ip address 10.0.1.1 is not in any subnet of network st"),
         ("fd01::1", "requested ip address fd01::1 is not in any subnet of network st"),
     ],

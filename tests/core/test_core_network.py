@@ -261,18 +261,17 @@ def test_allocatable_counts_gateway_and_overlapping_excludes_once() -> None:
     assert s.reserved_reason(ipaddress.ip_address("10.0.0.121")) is None
 
 
-def test_reserved_reasons_name_the_address() -> None:
+def test_reserved_reasons_name_the_subnet() -> None:
     s = subnet(subnet="10.0.0.0/24", gateway="10.0.0.1", exclude=["10.0.0.5"])
     reason = {
         str(a): s.reserved_reason(ipaddress.ip_address(a))
         for a in ("10.0.0.0", "10.0.0.255", "10.0.0.1", "10.0.0.5", "10.0.0.6")
     }
     assert reason == {
-        "10.0.0.0": "requested ip address 10.0.0.0 is the network address of subnet 10.0.0.0/24",
-        "10.0.0.255": "requested ip address 10.0.0.255 is the broadcast address of subnet"
-        " 10.0.0.0/24",
-        "10.0.0.1": "requested ip address 10.0.0.1 is subnet's gateway",
-        "10.0.0.5": "requested ip address 10.0.0.5 is excluded in subnet 10.0.0.0/24",
+        "10.0.0.0": "the network address of subnet 10.0.0.0/24",
+        "10.0.0.255": "the broadcast address of subnet 10.0.0.0/24",
+        "10.0.0.1": "the gateway of subnet 10.0.0.0/24",
+        "10.0.0.5": "excluded in subnet 10.0.0.0/24",
         "10.0.0.6": None,
     }
     p2p = subnet(subnet="10.0.0.0/31")
