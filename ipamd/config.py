@@ -45,6 +45,10 @@ def default_state_dir() -> Path:
 class Limits:
     # 1 MiB: a request naming 64 networks with attributes is a few KiB.
     max_frame_bytes: int = 1 << 20
+    # Items in one array of a request, e.g. gc's `valid` list. msgpack reserves
+    # room for up to 10,000 items as soon as it reads an array's header, so this
+    # bounds what a few bytes of a hostile frame can make the daemon allocate.
+    max_array_len: int = 4096
     # Each connection costs a task and a file descriptor.
     max_connections: int = 1024
     # Pipelining beyond this only queues in our memory instead of the client's.

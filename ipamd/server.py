@@ -68,7 +68,9 @@ class Server:
     def __init__(self, service: Service, limits: Limits) -> None:
         self.service = service
         self.limits = limits
-        self.protocol_limits = ProtocolLimits(max_frame_bytes=limits.max_frame_bytes)
+        self.protocol_limits = ProtocolLimits(
+            max_frame_bytes=limits.max_frame_bytes, max_array_len=limits.max_array_len
+        )
         self.connections = 0
         self.in_flight = 0
         self._accept_scope = trio.CancelScope()

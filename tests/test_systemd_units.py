@@ -147,6 +147,7 @@ def test_example_config_shows_every_key() -> None:
     assert set(config["auth"]) == {"allow_uids", "allow_gids"}
     assert config["limits"] == {
         "max_frame_bytes": 1048576,
+        "max_array_len": 4096,
         "max_connections": 1024,
         "max_in_flight": 64,
         "idle_timeout_s": 300,
