@@ -191,7 +191,7 @@ class Connection:
                     else:
                         frame_deadline = None
                         waiting.deadline = trio.current_time() + idle
-                    data = await self.stream.receive_some(RECEIVE_BYTES)
+                    data = await self._receive()
                     waiting.deadline = math.inf
                     if waiting.cancel_called:
                         break  # the deadline passed as the bytes came: handle them anew
@@ -204,6 +204,24 @@ class Connection:
                 continue  # waiting on our own answers is not idling
             log.debug("closing idle connection of %s", self.peer)
             return
+
+    async def _receive(self) -> bytes:
+        """The next bytes from the client; b"" once it has closed its side.
+
+        Waits until the socket is readable, then reads. A closed-loop client's
+        next request is rarely there yet when we ask, and trio's receive_some
+        would first try the read, raise and catch EAGAIN, wait, read again and
+        yield once more: a fifth of the daemon's time under load.
+        """
+        fd = self.stream.socket.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(fd)
+            try:
+                return os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                continue  # a spurious wake-up: wait again
+            except OSError as e:
+                raise trio.BrokenResourceError(f"receive failed: {e.strerror}") from e
 
     async def _handle_events(self, nursery: trio.Nursery) -> bool:
         """Act on every complete frame; False when the connection must close."""
