@@ -87,25 +87,15 @@ OnDone = Callable[[Any, IpamError | None], None]
 
 
 class _Waiter:
-    """One queued mutation and whoever waits for it: a task (`done`) or a callback."""
+    """One queued mutation and the callback that answers it."""
 
-    __slots__ = ("done", "error", "mutation", "on_done", "result", "submitted")
+    __slots__ = ("mutation", "on_done")
 
-    def __init__(self, mutation: Mutation, on_done: OnDone | None = None) -> None:
+    def __init__(self, mutation: Mutation, on_done: OnDone) -> None:
         self.mutation = mutation
         self.on_done = on_done
-        # A callback needs no Event: the server's connections answer without a task each.
-        self.done = trio.Event() if on_done is None else None
-        self.result: Any = None
-        self.error: IpamError | None = None
-        self.submitted = time.monotonic()
 
     def answer(self, result: Any = None, error: IpamError | None = None) -> None:
-        self.result, self.error = result, error
-        if self.done is not None:
-            self.done.set()
-            return
-        assert self.on_done is not None
         try:
             self.on_done(result, error)
         except Exception:  # a bug in one answer must not take the writer down
@@ -143,28 +133,31 @@ class Writer:
 
     async def submit(self, mutation: Mutation) -> Any:
         """Decide and persist one mutation; its wire result once synced."""
-        waiter = _Waiter(mutation)
-        self._enqueue(waiter)
-        assert waiter.done is not None
+        done = trio.Event()
+        outcome: list[Any] = []
+
+        def on_done(result: Any, error: IpamError | None) -> None:
+            outcome[:] = [result, error]
+            done.set()
+
+        self.submit_nowait(mutation, on_done)
         # A caller cancelled here loses only its reply: the decision still
         # commits (or not) with its group, and a retry is idempotent.
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.result
+        await done.wait()
+        result, error = outcome
+        if error is not None:
+            raise error
+        return result
 
     def submit_nowait(self, mutation: Mutation, on_done: OnDone) -> None:
         """Queue one mutation; `on_done(result, error)` is called from the writer
         task once it is decided and synced (or refused at shutdown). `on_done`
         must neither block nor raise. Raises `Unavailable` at once when the
         mutation cannot be queued."""
-        self._enqueue(_Waiter(mutation, on_done))
-
-    def _enqueue(self, waiter: _Waiter) -> None:
         if not self._accepting:
             raise Unavailable("ipamd is shutting down")
         try:
-            self._send.send_nowait(waiter)
+            self._send.send_nowait(_Waiter(mutation, on_done))
         except trio.WouldBlock:
             raise Unavailable("too many mutations queued; try again later") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
