@@ -1,4 +1,4 @@
-"""CI smoke check: both benchmarks run with --quick --json and report every figure.
+"""CI smoke check: every benchmark runs with --quick --json and reports every figure.
 
 A benchmark is a program that prints figures, not a test with a time limit
 (STYLE.md): this checks only that each one runs to the end as a separate
@@ -82,3 +82,25 @@ def test_bench_startup_quick_reports_every_figure(tmp_path: Path) -> None:
     assert figures["quick"] is True
     assert figures["leases_measured"] == 100_000
     assert_positive(figures, "ready_1m_s", "rss_1m_mb", "ready_100k_s", "rss_100k_mb")
+
+
+@pytest.mark.slow
+def test_bench_allocator_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures = run_quick("bench_allocator.py", tmp_path)
+    assert figures["quick"] is True
+    assert_positive(
+        figures,
+        "fill_last_first_ratio",
+        "full16_alloc_us",
+        "v6_64_vs_v4_24_ratio",
+        "bytes_per_lease",
+    )
+
+
+@pytest.mark.slow
+def test_bench_writer_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures = run_quick("bench_writer.py", tmp_path)
+    assert figures["quick"] is True
+    assert_positive(
+        figures, "group_vs_single_ratio_64", "allocs_per_s_64", "rebuild_1m_s", "rss_1m_mb"
+    )
