@@ -15,8 +15,15 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
     try:
         yield instance
     finally:
-        if instance.proc is not None and instance.proc.poll() is None:
-            try:
-                instance.stop(timeout=10)
-            except Exception:
-                instance.kill()
+        instance.close()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One `ipamd` for a whole module; its tests keep apart by their own names."""
+    base = tmp_path_factory.mktemp("shared")
+    instance = Daemon(state_dir=base / "state", socket=base / "ipamd.sock").start()
+    try:
+        yield instance
+    finally:
+        instance.close()

@@ -124,6 +124,14 @@ class Daemon:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def close(self) -> None:
+        """Stop it if it still runs (SIGTERM), killing it if that fails."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout=10)
+            except Exception:
+                self.kill()
+
     def kill(self) -> None:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -4,32 +4,14 @@ from __future__ import annotations
 
 import itertools
 import re
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.client.fakes import FakePeer
-from tests.support import Daemon
 
 _numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One real `ipamd` for a whole module; tests keep apart by their own names."""
-    base = tmp_path_factory.mktemp("ipamd")
-    instance = Daemon(state_dir=base / "state", socket=base / "ipamd.sock").start()
-    try:
-        yield instance
-    finally:
-        if instance.proc is not None and instance.proc.poll() is None:
-            instance.proc.send_signal(signal.SIGTERM)
-            try:
-                instance.proc.wait(10)
-            except Exception:
-                instance.kill()
 
 
 @pytest.fixture

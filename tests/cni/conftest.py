@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,20 +29,6 @@ def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="module")
-def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One `ipamd` for a whole module; tests keep apart by network name."""
-    root = tmp_path_factory.mktemp("ipamd")
-    instance = Daemon(state_dir=root / "state", socket=root / "ipamd.sock").start()
-    try:
-        yield instance
-    finally:
-        try:
-            instance.stop(timeout=10)
-        except Exception:
-            instance.kill()
-
-
 @pytest.fixture
-def cni(plugin_dir: Path, module_daemon: Daemon) -> Cni:
-    return Cni(plugin_dir / "ipamd", module_daemon.socket)
+def cni(plugin_dir: Path, shared_daemon: Daemon) -> Cni:
+    return Cni(plugin_dir / "ipamd", shared_daemon.socket)

@@ -14,7 +14,7 @@ CONTAINERS = 20
 
 @pytest.mark.slow
 def test_concurrent_adds_get_distinct_addresses_and_dels_leave_nothing(
-    cni: Cni, module_daemon: Daemon
+    cni: Cni, shared_daemon: Daemon
 ) -> None:
     # The network does not exist yet: twenty ADDs race to create it, identically.
     config = cni.config("cni-concurrent", ranges=[[{"subnet": "10.250.6.0/24"}]])
@@ -28,10 +28,10 @@ def test_concurrent_adds_get_distinct_addresses_and_dels_leave_nothing(
     assert [outcome.returncode for outcome in added] == [0] * CONTAINERS, added
     addresses = {outcome.output["ips"][0]["address"] for outcome in added}
     assert len(addresses) == CONTAINERS
-    held = {lease["ips"][0]["address"] for lease in leases(module_daemon, "cni-concurrent")}
+    held = {lease["ips"][0]["address"] for lease in leases(shared_daemon, "cni-concurrent")}
     assert held == addresses
 
     for _ in range(2):  # DEL, then DEL again: both succeed, silently
         deleted = call("DEL")
         assert [(o.returncode, o.output) for o in deleted] == [(0, None)] * CONTAINERS, deleted
-        assert leases(module_daemon, "cni-concurrent") == []
+        assert leases(shared_daemon, "cni-concurrent") == []

@@ -57,7 +57,7 @@ def test_version_without_stdin_or_with_an_unknown_version(cni: Cni) -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_add_answers_in_the_requested_version_and_del_is_idempotent(
-    cni: Cni, module_daemon: Daemon, net: str, version: str
+    cni: Cni, shared_daemon: Daemon, net: str, version: str
 ) -> None:
     config = cni.config(
         net,
@@ -73,17 +73,17 @@ def test_add_answers_in_the_requested_version_and_del_is_idempotent(
         "dns": {"nameservers": ["10.250.0.1"], "search": ["example.test"]},
     }
     assert cni.ok("ADD", config) == result  # a retried ADD: the same lease
-    [lease] = leases(module_daemon, net)
+    [lease] = leases(shared_daemon, net)
     assert (lease["container_id"], lease["ifname"]) == ("c1", "eth0")
 
     assert cni.ok("DEL", config) is None
-    assert leases(module_daemon, net) == []
+    assert leases(shared_daemon, net) == []
     assert cni.ok("DEL", config) is None  # nothing held: still fine
     assert cni.ok("DEL", config, CNI_NETNS=None) is None  # DEL needs no netns
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_dual_stack_and_ifnames(cni: Cni, module_daemon: Daemon, net: str, version: str) -> None:
+def test_dual_stack_and_ifnames(cni: Cni, shared_daemon: Daemon, net: str, version: str) -> None:
     config = cni.config(
         net,
         version,
@@ -100,18 +100,18 @@ def test_dual_stack_and_ifnames(cni: Cni, module_daemon: Daemon, net: str, versi
     second = cni.ok("ADD", config, ifname="net1")  # a second attachment of the same container
     assert second["ips"][0]["address"] == "10.250.1.101/24"
     cni.ok("DEL", config, ifname="eth0")
-    assert [lease["ifname"] for lease in leases(module_daemon, net)] == ["net1"]
+    assert [lease["ifname"] for lease in leases(shared_daemon, net)] == ["net1"]
     cni.ok("DEL", config, ifname="net1")
-    assert leases(module_daemon, net) == []
+    assert leases(shared_daemon, net) == []
 
 
 def test_del_succeeds_when_the_daemon_does_not_know_the_network(cni: Cni, net: str) -> None:
     assert cni.ok("DEL", cni.config(net)) is None
 
 
-def test_the_lease_remembers_netns_and_pod(cni: Cni, module_daemon: Daemon, net: str) -> None:
+def test_the_lease_remembers_netns_and_pod(cni: Cni, shared_daemon: Daemon, net: str) -> None:
     cni.ok("ADD", cni.config(net), CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p")
-    [lease] = leases(module_daemon, net)
+    [lease] = leases(shared_daemon, net)
     assert lease["attributes"] == {"netns": "/var/run/netns/c1", "pod": "ns/p"}
 
 
@@ -144,12 +144,12 @@ def test_requested_address_taken_or_outside(cni: Cni, net: str) -> None:
     assert "gateway" in cni.fails("ADD", gateway, 106, container_id="third")["msg"]
 
 
-def test_exhausted_range(cni: Cni, module_daemon: Daemon, net: str) -> None:
+def test_exhausted_range(cni: Cni, shared_daemon: Daemon, net: str) -> None:
     config = cni.config(net, ranges=[[{"subnet": "10.250.2.0/30"}]])  # .2 is its only address
     assert cni.ok("ADD", config, container_id="a")["ips"][0]["address"] == "10.250.2.2/30"
     error = cni.fails("ADD", config, 107, container_id="b")
     assert error["msg"] == "failed to find free IP in range: 10.250.2.1 - 10.250.2.2"
-    assert len(leases(module_daemon, net)) == 1
+    assert len(leases(shared_daemon, net)) == 1
 
 
 def test_a_conflicting_network_definition_is_a_clear_error(cni: Cni, net: str) -> None:
@@ -203,7 +203,7 @@ def gc_config(cni: Cni, net: str, version: str, valid: list[tuple[str, str]]) ->
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_gc_releases_exactly_the_attachments_not_listed(
-    cni: Cni, module_daemon: Daemon, net: str, version: str
+    cni: Cni, shared_daemon: Daemon, net: str, version: str
 ) -> None:
     add = cni.config(net, "1.0.0")
     for cid in ("c1", "c2", "c3", "c4", "c5"):
@@ -211,23 +211,23 @@ def test_gc_releases_exactly_the_attachments_not_listed(
     valid = [("c1", "eth0"), ("c3", "eth0"), ("c5", "eth0")]
     if version in BEFORE_GC_AND_STATUS:
         cni.fails("GC", gc_config(cni, net, version, valid), 1)
-        assert len(leases(module_daemon, net)) == 5
+        assert len(leases(shared_daemon, net)) == 5
         return
     outcome = cni.run("GC", gc_config(cni, net, version, valid))
     assert (outcome.returncode, outcome.output) == (0, None)
-    kept = sorted(lease["container_id"] for lease in leases(module_daemon, net))
+    kept = sorted(lease["container_id"] for lease in leases(shared_daemon, net))
     assert kept == ["c1", "c3", "c5"]
     assert cni.ok("GC", gc_config(cni, net, version, valid)) is None  # nothing more to do
 
 
-def test_gc_edges(cni: Cni, module_daemon: Daemon, net: str) -> None:
+def test_gc_edges(cni: Cni, shared_daemon: Daemon, net: str) -> None:
     assert cni.ok("GC", gc_config(cni, net, "1.1.0", [])) is None  # unknown network
     cni.ok("ADD", cni.config(net), container_id="keep")
     cni.fails("GC", cni.config(net, "1.1.0"), 7)  # no valid-attachments: never "release all"
     assert cni.ok("GC", gc_config(cni, net, "1.1.0", [("keep", "eth0")])) is None
-    assert len(leases(module_daemon, net)) == 1
+    assert len(leases(shared_daemon, net)) == 1
     assert cni.ok("GC", gc_config(cni, net, "1.1.0", [("keep", "net1")])) is None
-    assert leases(module_daemon, net) == []
+    assert leases(shared_daemon, net) == []
 
 
 # -- STATUS ------------------------------------------------------------------------------------

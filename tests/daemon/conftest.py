@@ -8,21 +8,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.daemon.e2e import stop_or_kill
 from tests.support import Daemon, RawClient
 
 _test_numbers = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """One `ipamd` for a whole module; tests keep apart by using their own networks."""
-    base = tmp_path_factory.mktemp("shared")
-    instance = Daemon(state_dir=base / "state", socket=base / "ipamd.sock").start()
-    try:
-        yield instance
-    finally:
-        stop_or_kill(instance)
 
 
 @pytest.fixture

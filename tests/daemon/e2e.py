@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from tests.support import IPAMD, Daemon, RawClient, RpcError
+from tests.support import IPAMD, RawClient, RpcError
 
 # The venv's console script: what systemd/ipamd.service's ExecStart runs.
 IPAMD_SCRIPT = Path(sys.executable).parent / "ipamd"
@@ -118,14 +118,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(0.01)
-
-
-def stop_or_kill(daemon: Daemon) -> None:
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        try:
-            daemon.stop(timeout=10)
-        except Exception:
-            daemon.kill()
 
 
 def create_network(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.e2e import EXIT_CONFIG, EXIT_USAGE, run_ipamd, stop_or_kill, write_config
+from tests.daemon.e2e import EXIT_CONFIG, EXIT_USAGE, run_ipamd, write_config
 from tests.support import Daemon
 
 NETWORKS = """
@@ -52,7 +52,7 @@ def test_networks_in_the_config_are_created_at_start(tmp_path: Path) -> None:
         with daemon.client() as client:
             assert client.call("get", {"container_id": "c1"})["networks"] == result["networks"]
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
 
     assert podman["subnets"][0]["gateway"] == "10.88.0.1"
     assert podman["subnets"][0]["allocatable"] == 65533
@@ -75,7 +75,7 @@ def test_a_config_network_differing_from_the_stored_one_is_a_startup_error(
             )
         assert daemon.stop() == 0
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
     config = write_config(tmp_path / "ipamd.toml", NETWORKS)
 
     done = run_ipamd(["--config", str(config), "--socket", str(sock), "--state-dir", str(state)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import msgpack
 
-from tests.daemon.e2e import check_state_dir, create_network, next_subnet_prefix, stop_or_kill
+from tests.daemon.e2e import check_state_dir, create_network, next_subnet_prefix
 from tests.support import Daemon
 
 
@@ -26,9 +26,9 @@ def test_an_answered_alloc_survives_sigkill(tmp_path: Path) -> None:
             # The restarted index knows the address is taken: the next one is .3.
             fresh = client.call("alloc", {"container_id": "c2", "networks": {"net": {}}})
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
         if "restarted" in locals():
-            stop_or_kill(restarted)
+            restarted.close()
 
     assert got["networks"] == result["networks"]
     assert owner["container_id"] == "c1"
@@ -61,9 +61,9 @@ def test_a_pipelined_burst_survives_sigkill(tmp_path: Path) -> None:
         with restarted.client() as client:
             leases = client.call("lease.list", {"network": "net"})["leases"]
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
         if "restarted" in locals():
-            stop_or_kill(restarted)
+            restarted.close()
 
     on_disk = {lease["container_id"]: lease["ips"][0]["address"] for lease in leases}
     for container, address in answered.items():

@@ -28,7 +28,6 @@ from tests.daemon.e2e import (
     create_network,
     next_subnet_prefix,
     receive_until_closed,
-    stop_or_kill,
     write_config,
 )
 from tests.support import Daemon, RawClient
@@ -227,7 +226,7 @@ def strict_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     try:
         yield instance
     finally:
-        stop_or_kill(instance)
+        instance.close()
 
 
 def test_a_stalled_half_frame_is_closed_after_the_idle_timeout(strict_daemon: Daemon) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.e2e import private_socket_dir, stop_or_kill, write_config
+from tests.daemon.e2e import private_socket_dir, write_config
 from tests.support import Daemon, RawClient, RpcError
 
 NOBODY = 65534
@@ -115,7 +115,7 @@ def test_an_unprivileged_client_may_read_but_not_mutate(tmp_path: Path, socket_d
                 }
             ]
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
 
 
 @pytest.mark.parametrize("grant", ["allow_uids", "allow_gids"])
@@ -151,7 +151,7 @@ def test_an_allowed_uid_or_gid_may_mutate(tmp_path: Path, socket_dir: Path, gran
             (None, {"released": {"net": ["10.9.0.1"]}}),
         ]
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
 
 
 def test_the_default_socket_mode_keeps_others_out(tmp_path: Path, socket_dir: Path) -> None:
@@ -169,4 +169,4 @@ def test_the_default_socket_mode_keeps_others_out(tmp_path: Path, socket_dir: Pa
 
         assert status == "crash" and "PermissionError" in payload
     finally:
-        stop_or_kill(daemon)
+        daemon.close()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.daemon.e2e import check_state_dir, create_network, stop_or_kill, wait_for
+from tests.daemon.e2e import check_state_dir, create_network, wait_for
 from tests.support import Daemon, RawClient
 
 CLIENTS = 4
@@ -101,9 +101,9 @@ def test_sigterm_during_a_burst_loses_no_answered_allocation(tmp_path: Path) -> 
                     for address in list(successes.values())[:: max(1, len(successes) // 20)]
                 }
         finally:
-            stop_or_kill(restarted)
+            restarted.close()
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
 
     print(
         f"sent {sum(b.sent for b in bursts)}, ok {len(successes)}, "

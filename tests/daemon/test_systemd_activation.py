@@ -27,7 +27,6 @@ from tests.daemon.e2e import (
     notify_receiver,
     proc_state,
     receive_notifications,
-    stop_or_kill,
     wait_for,
 )
 from tests.support import Daemon, RawClient
@@ -139,7 +138,7 @@ def test_ready_only_once_the_socket_answers_and_stopping_on_sigterm(
         stopping = wait_for_assignment(notify_socket, "STOPPING=1")
         assert daemon.proc.wait(timeout=20) == 0
     finally:
-        stop_or_kill(daemon)
+        daemon.close()
 
     assert "READY=1" not in stopping
     assert not daemon.socket.exists()
@@ -176,7 +175,7 @@ def test_watchdog_pings_while_alive_and_not_while_stopped(
     finally:
         if daemon.proc.poll() is None:
             os.kill(pid, signal.SIGCONT)
-        stop_or_kill(daemon)
+        daemon.close()
 
 
 def drain(sock: socket.socket) -> None:
