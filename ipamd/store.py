@@ -243,10 +243,22 @@ class Store:
 
     def write(self, changes: list[Change]) -> None:
         """Persist every change in one synced batch. Blocks; raises StorageError."""
+        self.commit(self.prepare(changes))
+
+    def prepare(self, changes: list[Change]) -> plyvel.WriteBatch:
+        """Encode `changes` into a batch for `commit`; no I/O, so it runs on the
+        writer's own thread: encoding in the worker thread would hold the GIL
+        there and stall the event loop each time it wants it back."""
+        batch = self.db.write_batch(sync=True)
+        for change in changes:
+            _put_change(batch, change)
+        return batch
+
+    def commit(self, batch: plyvel.WriteBatch) -> None:
+        """Write and sync a prepared batch (LevelDB releases the GIL meanwhile).
+        Blocks; raises StorageError."""
         try:
-            with self.db.write_batch(sync=True) as batch:
-                for change in changes:
-                    _put_change(batch, change)
+            batch.write()
         except plyvel.Error as e:
             raise StorageError(f"write to {self.path} failed: {_reason(e)}") from e
         except OSError as e:

@@ -229,7 +229,8 @@ class Writer:
         if changes:
             try:
                 # Not abandoned on cancel: the batch in flight completes and is answered.
-                await trio.to_thread.run_sync(self.store.write, changes)
+                batch = self.store.prepare(changes)
+                await trio.to_thread.run_sync(self.store.commit, batch)
             except StorageError as e:
                 self.failed_writes += 1
                 log.error("write of %d mutation(s) failed: %s", len(group), e)

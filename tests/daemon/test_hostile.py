@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -28,6 +30,7 @@ from tests.daemon.e2e import (
     create_network,
     next_subnet_prefix,
     receive_until_closed,
+    wait_for,
     write_config,
 )
 from tests.support import Daemon, RawClient
@@ -309,3 +312,84 @@ def test_a_client_that_never_reads_does_not_block_others(strict_daemon: Daemon) 
     finally:
         hog.close()
     assert strict_daemon.proc is not None and strict_daemon.proc.poll() is None
+
+
+# -- clients that hang up, and bursts of reads --------------------------------------
+
+
+def daemon_cpu_s(daemon: Daemon) -> float:
+    assert daemon.proc is not None
+    stat = Path(f"/proc/{daemon.proc.pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_clients_that_hang_up_with_mutations_in_flight_cost_nothing_after(
+    shared_daemon: Daemon, client: RawClient, net_name: str, cid: Cid
+) -> None:
+    """Their allocations still commit (the runtime retries idempotently), and the
+    hung-up sockets leave nothing behind: no spinning on them, no leaked connection."""
+    create_network(client, net_name, next_subnet_prefix())
+    before = client.call("status")["connections"]
+    for n in range(20):
+        with shared_daemon.client() as hasty:
+            frames = [
+                msgpack.packb(
+                    [
+                        0,
+                        i,
+                        "alloc",
+                        [{"container_id": cid(f"h{n}-{i}"), "networks": {net_name: {}}}],
+                    ]
+                )
+                for i in range(100)
+            ]
+            hasty.sock.sendall(b"".join(frames))
+    wait_for(lambda: client.call("status")["connections"] == before, what="hung-up connections")
+    cpu = daemon_cpu_s(shared_daemon)
+    time.sleep(1.0)
+    assert daemon_cpu_s(shared_daemon) - cpu < 0.2, "the daemon keeps busy after clients left"
+    leases = client.call("lease.list", {"network": net_name, "limit": 4000})["leases"]
+    held = {lease["container_id"] for lease in leases}
+    # Whatever was read before the hang-up was allocated and kept; nothing else.
+    assert held <= {cid(f"h{n}-{i}") for n in range(20) for i in range(100)}
+    assert held, "no allocation from a hung-up client was made"
+
+
+def test_a_half_closed_client_gets_every_answer_beyond_the_in_flight_cap(
+    shared_daemon: Daemon, client: RawClient, net_name: str, cid: Cid
+) -> None:
+    create_network(client, net_name, next_subnet_prefix())
+    count = 250  # well past max_in_flight (64), within the /24: reading pauses and resumes
+    with shared_daemon.client(timeout=30) as burst:
+        burst.sock.sendall(
+            b"".join(
+                msgpack.packb(
+                    [0, i, "alloc", [{"container_id": cid(f"b{i}"), "networks": {net_name: {}}}]]
+                )
+                for i in range(count)
+            )
+        )
+        burst.sock.shutdown(socket.SHUT_WR)
+        answers = receive_until_closed(burst)
+    assert sorted(frame[1] for frame in answers) == list(range(count))
+    assert all(frame[2] is None for frame in answers), [f[2] for f in answers if f[2]][:3]
+    addresses = {frame[3]["networks"][net_name]["ips"][0]["address"] for frame in answers}
+    assert len(addresses) == count
+
+
+def test_a_burst_of_pipelined_reads_does_not_hold_up_another_client(
+    shared_daemon: Daemon, client: RawClient
+) -> None:
+    """Reads are answered inline; one client's burst of them is interleaved with
+    other clients' requests rather than served to the end first. `ping` answers
+    carry the daemon's uptime, which orders the two clients' answers."""
+    burst_size = 10_000  # some 100 ms of work, and answers within the outbox's bound
+    with shared_daemon.client(timeout=30) as burst:
+        burst.sock.sendall(b"".join(msgpack.packb([0, i, "ping", []]) for i in range(burst_size)))
+        other_uptime = client.call("ping")["uptime_s"]
+        burst_uptimes = [burst.receive()[3]["uptime_s"] for _ in range(burst_size)]
+    print(
+        f"other client answered at {other_uptime} s; burst {burst_uptimes[0]}-{burst_uptimes[-1]} s"
+    )
+    assert other_uptime < burst_uptimes[-1], "the other client waited for the whole burst"

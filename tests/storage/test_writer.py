@@ -12,6 +12,7 @@ from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
+import plyvel
 import pytest
 import trio
 import trio.testing
@@ -19,7 +20,6 @@ import trio.testing
 import ipamd.writer
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.requests import DeleteNetworkRequest, Mutation, ReleaseRequest
-from ipamd.core.view import Change
 from ipamd.errors import IpamError, NetworkNotFound, StorageError, Unavailable
 from ipamd.store import Store, StoreUnavailable
 from ipamd.writer import NetworkSnapshot, Writer, WriterFailed, snapshot
@@ -52,13 +52,13 @@ class FlakyStore(Store):
         self.write_may_finish = threading.Event()
         self.write_may_finish.set()
 
-    def write(self, changes: list[Change]) -> None:
+    def commit(self, batch: plyvel.WriteBatch) -> None:
         self.write_started.set()
         self.write_may_finish.wait()
         if self.failing_writes:
             self.failing_writes -= 1
             raise StorageError(f"write to {self.path} failed: Input/output error (injected)")
-        super().write(changes)
+        super().commit(batch)
         self.syncs += 1
 
     def open(self, *, create: bool = True) -> None:
