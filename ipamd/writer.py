@@ -25,6 +25,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -102,6 +103,26 @@ class _Waiter:
             log.exception("answering %s failed", type(self.mutation).__name__)
 
 
+class _Decided:
+    """A group decided and encoded, waiting for its batch to be written and synced."""
+
+    __slots__ = ("batch", "committed", "group", "outcomes", "view")
+
+    def __init__(
+        self,
+        group: list[_Waiter],
+        outcomes: list[tuple[Any, IpamError | None]],
+        batch: Any,
+        view: PendingLeases,
+        committed: dict[str, NetworkSnapshot],
+    ) -> None:
+        self.group = group
+        self.outcomes = outcomes
+        self.batch = batch  # None: nothing to write
+        self.view = view
+        self.committed = committed  # what readers may see once it is synced
+
+
 class Writer:
     def __init__(
         self,
@@ -120,6 +141,10 @@ class Writer:
         self._send, self._receive = trio.open_memory_channel[_Waiter](max_queue)
         self._accepting = True
         self._dirty = False  # a write failed: rebuild before the next decision
+        self._failed_write: StorageError | None = None  # until the rebuild
+        # Groups decided and not yet synced, oldest first (at most two).
+        self._unsynced: collections.deque[_Decided] = collections.deque()
+        self._all_synced = trio.Event()
         self._closed_since: float | None = None
         self.batches = 0
         self.mutations = 0
@@ -167,19 +192,29 @@ class Writer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        # Unbuffered: the decider hands a group over only once the syncer has
+        # finished the one before, so at most one group is written while the next
+        # is decided.
+        send_decided, receive_decided = trio.open_memory_channel[_Decided](0)
         try:
-            async for first in self._receive:
-                group = [first]
-                while len(group) < self.max_batch:
-                    try:
-                        group.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                # Shielded: a group taken off the channel is decided, written and
-                # answered even if shutdown cancels us now (to_thread.run_sync would
-                # raise Cancelled before the write, leaving its waiters unanswered).
-                with trio.CancelScope(shield=True):
-                    await self._commit(group)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sync_loop, receive_decided)
+                # Closed synchronously: `async with` would checkpoint on the way out,
+                # where a shutdown's Cancelled could replace the error that got us there.
+                with send_decided:
+                    async for first in self._receive:
+                        group = [first]
+                        while len(group) < self.max_batch:
+                            try:
+                                group.append(self._receive.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        # Shielded: a group taken off the channel is decided, written
+                        # and answered even if shutdown cancels us now.
+                        with trio.CancelScope(shield=True):
+                            decided = await self._decide_group(group)
+                            if decided is not None:
+                                await send_decided.send(decided)
         finally:
             self._refuse_queued()
 
@@ -193,19 +228,24 @@ class Writer:
                 break
             waiter.answer(error=Unavailable("ipamd is shutting down"))
 
-    async def _commit(self, group: list[_Waiter]) -> None:
+    # -- deciding (the writer task) -------------------------------------------------
+
+    async def _decide_group(self, group: list[_Waiter]) -> _Decided | None:
+        """Decide every mutation of `group` in order and encode its batch; None
+        when the group was answered already (it failed as a whole)."""
         if self._dirty:
             try:
                 await self._recover()
             except StorageError as e:
                 for waiter in group:
                     waiter.answer(error=e)
-                return
+                return None
             except WriterFailed:
                 for waiter in group:
                     waiter.answer(error=Unavailable("the database could not be reopened"))
                 raise
-        view = PendingLeases(self.store)
+        # Decisions see the groups decided before, written or not.
+        view = PendingLeases(self._unsynced[-1].view if self._unsynced else self.store)
         now = int(self.clock())
         changes: list[Change] = []
         outcomes: list[tuple[Any, IpamError | None]] = []
@@ -216,34 +256,70 @@ class Writer:
                 outcomes.append((None, e))
             except Exception:
                 # A bug or an unreadable lease: the working state can no longer be
-                # trusted. Fail the group, write nothing, rebuild before the next.
+                # trusted. Fail the group, write nothing, rebuild before the next
+                # (once the groups decided before this one are written).
                 log.exception("deciding %s failed", type(waiter.mutation).__name__)
                 internal = Unavailable("internal error while deciding; nothing was changed")
                 for answered in group:
                     answered.answer(error=internal)
                 self._dirty = True
-                return
+                return None
             else:
                 outcomes.append((result, None))
                 changes += decided
-        if changes:
+        # Encoded here, not in the worker thread: see Store.prepare.
+        batch = self.store.prepare(changes) if changes else None
+        decided_group = _Decided(group, outcomes, batch, view, snapshot(self.allocator))
+        self._unsynced.append(decided_group)
+        return decided_group
+
+    # -- writing (the syncer task) ----------------------------------------------------
+
+    async def _sync_loop(self, decided_groups: trio.MemoryReceiveChannel[_Decided]) -> None:
+        # Shielded: it ends when the decider closes the channel, so every group
+        # handed over is written and answered, shutdown or not.
+        with trio.CancelScope(shield=True):
+            async for decided in decided_groups:
+                try:
+                    await self._sync(decided)
+                finally:
+                    self._unsynced.popleft()
+                    if self._unsynced:
+                        # Written (or failed): the next group's view need not look
+                        # through this one any longer.
+                        self._unsynced[0].view.base = self.store
+                    else:
+                        self._all_synced.set()
+
+    async def _sync(self, decided: _Decided) -> None:
+        group = decided.group
+        if self._failed_write is not None:
+            # Decided on top of a write that failed: it never happened either.
+            for waiter in group:
+                waiter.answer(error=self._failed_write)
+            return
+        if decided.batch is not None:
             try:
-                # Not abandoned on cancel: the batch in flight completes and is answered.
-                batch = self.store.prepare(changes)
-                await trio.to_thread.run_sync(self.store.commit, batch)
+                await trio.to_thread.run_sync(self.store.commit, decided.batch)
             except StorageError as e:
                 self.failed_writes += 1
                 log.error("write of %d mutation(s) failed: %s", len(group), e)
+                self._failed_write = e
+                self._dirty = True
                 for waiter in group:
                     waiter.answer(error=e)
-                self._dirty = True
                 return
         # No checkpoint from here on: publish and answer atomically for readers.
         self.batches += 1
         self.mutations += len(group)
-        self.committed = snapshot(self.allocator)
-        for waiter, (result, error) in zip(group, outcomes, strict=True):
+        self.committed = decided.committed
+        for waiter, (result, error) in zip(group, decided.outcomes, strict=True):
             waiter.answer(result, error)
+
+    async def _wait_all_synced(self) -> None:
+        while self._unsynced:
+            self._all_synced = trio.Event()
+            await self._all_synced.wait()
 
     async def _recover(self) -> None:
         """Drop the dirty working state and rebuild it from what is on disk.
@@ -251,6 +327,8 @@ class Writer:
         Raises StorageError when it cannot yet (the group fails, the next one
         tries again), WriterFailed when it never will.
         """
+        await self._wait_all_synced()  # nothing may be written while we reopen
+        self._failed_write = None
         if self.store.is_open:
             room = self.store.room_to_reopen()
             if room is not None:

@@ -265,9 +265,10 @@ async def test_a_reopen_failing_for_too_long_stops_the_writer(
     assert isinstance(await outcome(writer, alloc("c")), Unavailable)
 
 
-async def test_shutdown_answers_the_batch_in_flight_and_refuses_the_rest(
+async def test_shutdown_answers_the_groups_in_flight_and_refuses_the_rest(
     state_dir: Path,
 ) -> None:
+    """In flight: the group being written and the one decided meanwhile."""
     writer = flaky_writer(state_dir)
     store = flaky(writer)
     outcomes: dict[str, Any] = {}
@@ -282,6 +283,9 @@ async def test_shutdown_answers_the_batch_in_flight_and_refuses_the_rest(
         store.write_may_finish.clear()
         clients.start_soon(client, "in-flight")
         await trio.to_thread.run_sync(store.write_started.wait)
+        for i in range(3):
+            clients.start_soon(client, f"decided{i}")
+        await trio.testing.wait_all_tasks_blocked()  # decided, waiting for the write
         for i in range(5):
             clients.start_soon(client, f"queued{i}")
         await trio.testing.wait_all_tasks_blocked()
@@ -289,11 +293,15 @@ async def test_shutdown_answers_the_batch_in_flight_and_refuses_the_rest(
         store.write_may_finish.set()
 
     assert addresses_of(outcomes.pop("in-flight")) == ("10.88.0.1",)
+    decided = {addresses_of(outcomes.pop(f"decided{i}")) for i in range(3)}
+    assert decided == {("10.88.0.2",), ("10.88.0.3",), ("10.88.0.4",)}
     assert len(outcomes) == 5
     for name, answer in outcomes.items():
         assert isinstance(answer, Unavailable), name
     assert isinstance(await outcome(writer, alloc("late")), Unavailable)
-    assert set(assert_matches_disk(writer)) == {LeaseKey(NET, "in-flight")}
+    assert set(assert_matches_disk(writer)) == {
+        LeaseKey(NET, name) for name in ("in-flight", "decided0", "decided1", "decided2")
+    }
 
 
 async def test_a_full_queue_refuses_with_unavailable(state_dir: Path) -> None:
@@ -331,3 +339,67 @@ async def test_restart_sees_exactly_what_was_answered(state_dir: Path) -> None:
     async with running(writer):
         assert addresses_of(await writer.submit(alloc("after"))) == ("10.88.0.12",)
     assert_matches_disk(writer)
+
+
+async def test_a_group_is_decided_while_the_one_before_is_written(state_dir: Path) -> None:
+    """The next group sees the decisions of the group being written (a retry
+    gets the same lease, a new container the next address) and is answered
+    only after that write, with its own."""
+    writer = flaky_writer(state_dir)
+    store = flaky(writer)
+    outcomes: dict[str, Any] = {}
+
+    async def client(name: str, mutation: Mutation) -> None:
+        outcomes[name] = await outcome(writer, mutation)
+
+    async with trio.open_nursery() as clients, trio.open_nursery() as writer_nursery:
+        await writer_nursery.start(writer.run)
+        await writer.submit(create(network()))
+        store.write_started.clear()
+        store.write_may_finish.clear()
+        clients.start_soon(client, "first", alloc("a"))
+        await trio.to_thread.run_sync(store.write_started.wait)
+        clients.start_soon(client, "retry", alloc("a"))
+        clients.start_soon(client, "second", alloc("b"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcomes == {}  # nothing answered before its write is synced
+        store.write_may_finish.set()
+        await trio.testing.wait_all_tasks_blocked()
+        writer_nursery.cancel_scope.cancel()
+
+    assert addresses_of(outcomes["first"]) == addresses_of(outcomes["retry"]) == ("10.88.0.1",)
+    assert addresses_of(outcomes["second"]) == ("10.88.0.2",)
+    assert writer.batches == 3
+    assert set(assert_matches_disk(writer)) == {LeaseKey(NET, "a"), LeaseKey(NET, "b")}
+
+
+async def test_a_failed_write_fails_the_group_decided_on_top_of_it(state_dir: Path) -> None:
+    writer = flaky_writer(state_dir)
+    store = flaky(writer)
+    outcomes: dict[str, Any] = {}
+
+    async def client(name: str, mutation: Mutation) -> None:
+        outcomes[name] = await outcome(writer, mutation)
+
+    async with trio.open_nursery() as clients, trio.open_nursery() as writer_nursery:
+        await writer_nursery.start(writer.run)
+        await writer.submit(create(network()))
+        before = writer.committed
+        store.write_started.clear()
+        store.write_may_finish.clear()
+        store.failing_writes = 1
+        clients.start_soon(client, "failed", alloc("a"))
+        await trio.to_thread.run_sync(store.write_started.wait)
+        clients.start_soon(client, "on top", alloc("b"))
+        await trio.testing.wait_all_tasks_blocked()
+        store.write_may_finish.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert writer.committed == before
+        # Rebuilt from disk before the next decision: `a` and `b` never happened.
+        assert addresses_of(await writer.submit(alloc("c"))) == ("10.88.0.1",)
+        writer_nursery.cancel_scope.cancel()
+
+    for name in ("failed", "on top"):
+        assert isinstance(outcomes[name], StorageError), name
+        assert "Input/output error" in outcomes[name].message
+    assert set(assert_matches_disk(writer)) == {LeaseKey(NET, "c")}
