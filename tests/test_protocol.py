@@ -673,3 +673,34 @@ def test_pipelined_frames_split_at_every_byte() -> None:
         conn = RpcConnection("server")
         assert feed(conn, wire[:cut], wire[cut:]) == PIPELINE
         assert not conn.in_frame
+
+
+# -- encoders reuse one Packer per connection -----------------------------------------------------
+
+
+def test_a_failed_encode_leaves_the_connection_usable() -> None:
+    server = RpcConnection("server")
+    with pytest.raises(LocalProtocolError, match="cannot encode"):
+        server.send_response(1, None, {"ips": ["10.88.0.5", object()]})
+    assert server.send_response(2, None, "ok") == pack([1, 2, None, "ok"])
+
+
+def test_responses_of_every_size_encode_alike() -> None:
+    server = RpcConnection("server")
+    for result in ["small", "x" * 200_000, ["y"] * 4096, None, {"a": "b" * 70_000}, "small"]:
+        assert server.send_response(3, None, result) == pack([1, 3, None, result])
+        assert server.send_response(4, NetworkNotFound("no network x"), None) == pack(
+            [1, 4, NetworkNotFound("no network x").to_wire(), None]
+        )
+
+
+def test_msgid_of_an_int_subclass_is_accepted() -> None:
+    import enum
+
+    class Msgid(enum.IntEnum):
+        FIRST = 1
+
+    assert RpcConnection("server").send_response(Msgid.FIRST, None, None) == pack(
+        [1, 1, None, None]
+    )
+    assert RpcConnection("client").send_request(Msgid.FIRST, "ping", {}) == pack([0, 1, "ping", []])
