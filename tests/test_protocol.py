@@ -615,13 +615,14 @@ def test_fast_path_agrees_with_the_full_checks(frame: Any, max_depth: int) -> No
 
 
 @FUZZ
-@given(st.data(), requests)
-def test_plain_requests_take_the_fast_path(data: st.DataObject, request: Request) -> None:
+@given(requests)
+def test_plain_requests_take_the_fast_path(request: Request) -> None:
     from ipamd.protocol import _plain_request
 
     client = RpcConnection("client")
     frame = msgpack.unpackb(client.send_request(request.msgid, request.method, request.params))
-    assert _plain_request(frame, Limits().max_depth) == request
+    # Compared as reprs, as above: a NaN in params is not equal to itself.
+    assert repr(_plain_request(frame, Limits().max_depth)) == repr(request)
 
 
 def test_depth_limits_below_the_params_map() -> None:
