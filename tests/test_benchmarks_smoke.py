@@ -104,3 +104,18 @@ def test_bench_writer_quick_reports_every_figure(tmp_path: Path) -> None:
     assert_positive(
         figures, "group_vs_single_ratio_64", "allocs_per_s_64", "rebuild_1m_s", "rss_1m_mb"
     )
+
+
+def test_bench_protocol_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures = run_quick("bench_protocol.py", tmp_path)
+    assert figures["quick"] is True
+    assert_positive(
+        figures,
+        "parse_1_us",
+        "parse_32_us",
+        "encode_us",
+        "encode_error_us",
+        "parse_1_vs_msgpack_ratio",
+        "parse_32_vs_msgpack_ratio",
+        "encode_vs_packb_ratio",
+    )

@@ -574,3 +574,134 @@ def test_encoded_requests_decode_to_themselves(data: st.DataObject, sent: list[R
     client = RpcConnection("client")
     blob = b"".join(client.send_request(r.msgid, r.method, r.params) for r in sent)
     assert run_checked(RpcConnection("server"), chunked(data, blob)) == [repr(r) for r in sent]
+
+
+# -- the fast path for plain requests -------------------------------------------------------------
+# `_plain_request` may only ever say what the full checks would say; these hold it to that.
+
+odd_keys = st.integers(-3, 3) | st.none() | st.binary(max_size=2) | st.booleans() | st.floats()
+params_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        # now and then a non-str key, at any level
+        | st.dictionaries(st.text(max_size=4) | odd_keys, inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+request_like = st.tuples(
+    st.sampled_from([0, 0, 0, False, 0.0, 1, 2]),
+    st.sampled_from([0, 7, MSGID_MAX, MSGID_MAX + 1, -1, True, 1.0, None]),
+    st.text(max_size=6) | st.binary(max_size=3) | st.integers(0, 3),
+    st.lists(st.dictionaries(st.text(max_size=6), params_values, max_size=3), max_size=2)
+    | st.just([[]])
+    | params_values,
+).map(list)
+
+
+@FUZZ
+@given(request_like | frame_like, st.integers(1, 8))
+def test_fast_path_agrees_with_the_full_checks(frame: Any, max_depth: int) -> None:
+    from ipamd.protocol import _nested_deeper_than, _plain_request, _server_event
+
+    frame = msgpack.unpackb(pack(frame), strict_map_key=False)  # exactly what msgpack gives
+    fast = _plain_request(frame, max_depth)
+    if fast is not None:
+        assert not _nested_deeper_than(frame, max_depth)
+        assert _server_event(frame) == fast
+    elif not _nested_deeper_than(frame, max_depth):
+        assert not isinstance(_server_event(frame), Request)
+
+
+@FUZZ
+@given(requests)
+def test_plain_requests_take_the_fast_path(request: Request) -> None:
+    from ipamd.protocol import _plain_request
+
+    client = RpcConnection("client")
+    frame = msgpack.unpackb(client.send_request(request.msgid, request.method, request.params))
+    # Compared as reprs, as above: a NaN in params is not equal to itself.
+    assert repr(_plain_request(frame, Limits().max_depth)) == repr(request)
+
+
+def test_depth_limits_below_the_params_map() -> None:
+    # The frame and params array are two levels: a limit of 1 refuses even a bare ping.
+    ping, lua_ping = pack([0, 1, "ping", []]), pack([0, 1, "ping", [[]]])
+    assert_fatal(server_events(ping, Limits(max_depth=1)), InvalidRequest, "deeper than 1")
+    assert server_events(ping, Limits(max_depth=2)) == [Request(1, "ping", {})]
+    assert_fatal(server_events(lua_ping, Limits(max_depth=2)), InvalidRequest, "deeper than 2")
+    assert server_events(lua_ping, Limits(max_depth=3)) == [Request(1, "ping", {})]
+    with_map = pack([0, 1, "get", [{"container_id": "c1"}]])
+    assert_fatal(server_events(with_map, Limits(max_depth=2)), InvalidRequest, "deeper than 2")
+    assert server_events(with_map, Limits(max_depth=3)) == [
+        Request(1, "get", {"container_id": "c1"})
+    ]
+
+
+def test_non_str_key_at_the_depth_limit() -> None:
+    # The bad key sits in a map at exactly the deepest allowed level: reported, not fatal.
+    value: Any = {3: "x"}
+    for _ in range(28):
+        value = [value]
+    events = server_events(
+        pack([0, 5, "alloc", [{"attributes": value}]]) + pack([0, 6, "ping", []])
+    )
+    violation, after = events
+    assert isinstance(violation, ProtocolViolation) and not violation.fatal
+    assert violation.msgid == 5
+    path = "params.attributes" + "[0]" * 28
+    assert violation.error.message == f"{path} keys must be strings, got integer 3"
+    assert after == Request(6, "ping", {})
+    # One level deeper, the depth limit wins: fatal, whatever the keys.
+    assert_fatal(
+        server_events(pack([0, 5, "alloc", [{"attributes": [value]}]])),
+        InvalidRequest,
+        "nested deeper than 32 levels",
+    )
+
+
+def test_non_str_keys_deep_in_params_name_the_first_path() -> None:
+    params = {"networks": {"a": {"ifname": "eth0"}, "b": [{"ok": 1}, {"ok": 2, None: 3}]}}
+    violation = only_violation(server_events(pack([0, 9, "alloc", [params]])))
+    assert (violation.msgid, violation.fatal) == (9, False)
+    assert violation.error.message == "params.networks.b[1] keys must be strings, got nil"
+
+
+def test_pipelined_frames_split_at_every_byte() -> None:
+    wire = pipeline_bytes()
+    for cut in range(1, len(wire)):
+        conn = RpcConnection("server")
+        assert feed(conn, wire[:cut], wire[cut:]) == PIPELINE
+        assert not conn.in_frame
+
+
+# -- encoders reuse one Packer per connection -----------------------------------------------------
+
+
+def test_a_failed_encode_leaves_the_connection_usable() -> None:
+    server = RpcConnection("server")
+    with pytest.raises(LocalProtocolError, match="cannot encode"):
+        server.send_response(1, None, {"ips": ["10.88.0.5", object()]})
+    assert server.send_response(2, None, "ok") == pack([1, 2, None, "ok"])
+
+
+def test_responses_of_every_size_encode_alike() -> None:
+    server = RpcConnection("server")
+    for result in ["small", "x" * 200_000, ["y"] * 4096, None, {"a": "b" * 70_000}, "small"]:
+        assert server.send_response(3, None, result) == pack([1, 3, None, result])
+        assert server.send_response(4, NetworkNotFound("no network x"), None) == pack(
+            [1, 4, NetworkNotFound("no network x").to_wire(), None]
+        )
+
+
+def test_msgid_of_an_int_subclass_is_accepted() -> None:
+    import enum
+
+    class Msgid(enum.IntEnum):
+        FIRST = 1
+
+    assert RpcConnection("server").send_response(Msgid.FIRST, None, None) == pack(
+        [1, 1, None, None]
+    )
+    assert RpcConnection("client").send_request(Msgid.FIRST, "ping", {}) == pack([0, 1, "ping", []])
