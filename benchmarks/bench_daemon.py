@@ -8,8 +8,11 @@ What runs (all state on the same disk, in one temp directory):
               containers on one network (IPv4 /16, and dual stack /16 + /64), at
               1, 8, 64 and 256 concurrent clients (= requests in flight).
   echo        the floor: the same client processes and the same request frames
-              against echo_server.py (trio + msgpack, answers every request at
-              once, stores nothing): the most a Python daemon can answer here.
+              against echo_server.py (trio + msgpack, a task per connection,
+              answers every request at once, stores nothing).
+  echo-ep     the same echo served the way ipamd's server serves (one epoll set,
+              one task, rounds): the floor for ipamd's own I/O design, which is
+              cheaper per request than a task per connection.
   host-local  CNI host-local exec'd per call as a runtime does (ADD, then DEL),
               with 1 and 8 workers, at 0, 1,000 and 5,000 existing leases
               (pre-filled by writing its lease files directly).
@@ -230,13 +233,16 @@ def start_ipamd(root: Path) -> Server:
     return server
 
 
-def start_echo(root: Path) -> Server:
-    sock, log_path = root / "echo.sock", root / "echo.log"
+def start_echo(root: Path, epoll: bool = False) -> Server:
+    name = "echo-ep" if epoll else "echo"
+    sock, log_path = root / f"{name}.sock", root / f"{name}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, str(ECHO_SERVER), str(sock)], stdout=out, stderr=out
+            [sys.executable, str(ECHO_SERVER), *(["--epoll"] if epoll else []), str(sock)],
+            stdout=out,
+            stderr=out,
         )
-    server = Server("echo", sock, proc, log_path)
+    server = Server(name, sock, proc, log_path)
 
     def connect() -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -396,6 +402,7 @@ class Series:
 def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[str, Any]) -> Server:
     """echo and ipamd, interleaved. Returns the running ipamd (for the ipamd-cni phase)."""
     echo = start_echo(root)
+    echo_epoll = start_echo(root, epoll=True)
     ipamd = start_ipamd(root)
     control = Rpc(ipamd.socket)
     for net in (NET_V4, NET_DUAL):
@@ -411,8 +418,8 @@ def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[s
                     for method in ("alloc", "release"):
                         params: dict[str, Any] = {"networks": {net["name"]: {}}}
                         targets: list[tuple[Server, Rpc | None]] = [(ipamd, control)]
-                        if net is NET_V4:
-                            targets.insert(0, (echo, None))  # the floor right before
+                        if net is NET_V4:  # the floors right before
+                            targets[:0] = [(echo, None), (echo_epoll, None)]
                         for server, status in targets:
                             phase = run_load(
                                 server, method, params, prefix, count, clients, procs, status
@@ -420,7 +427,7 @@ def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[s
                             key = (server.name, str(net["name"]), method, clients)
                             series.setdefault(key, Series()).phases.append(phase)
                             log(
-                                f"  rep {rep + 1} {server.name:5} {net['name']:7} {method:7}"
+                                f"  rep {rep + 1} {server.name:7} {net['name']:7} {method:7}"
                                 f" clients={clients:3}: {phase.rate:9.0f}/s"
                                 f" p99={phase.lat_ms(99):7.2f}ms"
                                 + (
@@ -432,6 +439,7 @@ def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[s
     finally:
         control.close()
         echo.stop()
+        echo_epoll.stop()
     results["rpc"] = series
     return ipamd
 
@@ -780,6 +788,7 @@ def summarise(results: dict[str, Any], levels: tuple[int, ...]) -> dict[str, Any
         alloc = get("ipamd", "bench4", "alloc", clients)
         release = get("ipamd", "bench4", "release", clients)
         echo = get("echo", "bench4", "alloc", clients)
+        echo_epoll = get("echo-ep", "bench4", "alloc", clients)
         dual = get("ipamd", "bench46", "alloc", clients)
         out[f"ipamd_allocs_per_s_{clients}"] = alloc.rate if alloc else None
         out[f"ipamd_releases_per_s_{clients}"] = release.rate if release else None
@@ -787,6 +796,10 @@ def summarise(results: dict[str, Any], levels: tuple[int, ...]) -> dict[str, Any
         out[f"echo_rps_{clients}"] = echo.rate if echo else None
         out[f"ratio_vs_echo_{clients}"] = ratio(
             alloc.rate if alloc else None, echo.rate if echo else None
+        )
+        out[f"echo_epoll_rps_{clients}"] = echo_epoll.rate if echo_epoll else None
+        out[f"ratio_vs_echo_epoll_{clients}"] = ratio(
+            alloc.rate if alloc else None, echo_epoll.rate if echo_epoll else None
         )
         out[f"p50_ms_{clients}"] = alloc.lat(50) if alloc else None
         out[f"p99_ms_{clients}"] = alloc.lat(99) if alloc else None
@@ -836,9 +849,9 @@ def print_tables(results: dict[str, Any], summary: dict[str, Any], levels: tuple
         )
     )
     header = (
-        f"{'server':6} {'network':8} {'method':8} {'clients':>7} {'ops/s':>8} {'p50 ms':>7}"
+        f"{'server':7} {'network':8} {'method':8} {'clients':>7} {'ops/s':>8} {'p50 ms':>7}"
         f" {'p99 ms':>7} {'max ms':>7} {'batch':>6} {'srv us/op':>9} {'cli us/op':>9}"
-        f" {'vs echo':>7}"
+        f" {'vs echo':>7} {'vs ep':>6}"
     )
     p(header)
     p("-" * len(header))
@@ -850,20 +863,27 @@ def print_tables(results: dict[str, Any], summary: dict[str, Any], levels: tuple
     ):
         for clients in levels:
             echo = rpc.get(("echo", "bench4", method, clients))
-            for server in ("echo", "ipamd"):
+            echo_epoll = rpc.get(("echo-ep", "bench4", method, clients))
+            for server in ("echo", "echo-ep", "ipamd"):
                 s = rpc.get((server, net, method, clients))
-                if s is None or (server == "echo" and net != "bench4"):
+                if s is None or (server != "ipamd" and net != "bench4"):
                     continue
-                vs = ratio(s.rate, echo.rate if echo else None) if server == "ipamd" else None
+                vs, vs_ep = None, None
+                if server == "ipamd":
+                    vs = ratio(s.rate, echo.rate if echo else None)
+                    vs_ep = ratio(s.rate, echo_epoll.rate if echo_epoll else None)
                 p(
-                    f"{server:6} {net:8} {method:8} {clients:>7} {fmt(s.rate):>8}"
+                    f"{server:7} {net:8} {method:8} {clients:>7} {fmt(s.rate):>8}"
                     f" {fmt(s.lat(50), '.2f'):>7} {fmt(s.lat(99), '.2f'):>7}"
                     f" {fmt(s.max_ms, '.1f'):>7} {fmt(s.mean_batch, '.1f'):>6}"
                     f" {fmt(s.server_us_per_op):>9} {fmt(s.client_us_per_op):>9}"
-                    f" {fmt(vs, '.0%'):>7}" + (f"  ({s.errors} errors)" if s.errors else "")
+                    f" {fmt(vs, '.0%'):>7} {fmt(vs_ep, '.0%'):>6}"
+                    + (f"  ({s.errors} errors)" if s.errors else "")
                 )
     p("(network bench4: IPv4 /16; bench46: IPv4 /16 + IPv6 /64; batch: writer's mean batch")
-    p(" size from `status`; srv/cli us/op: CPU time of the server / client processes per op)")
+    p(" size from `status`; srv/cli us/op: CPU time of the server / client processes per op;")
+    p(" echo: trio, a task per connection (the floor the target is set against); echo-ep:")
+    p(" one epoll set served by one task, as ipamd's server does)")
 
     hostlocal = results.get("hostlocal")
     p()
@@ -920,6 +940,11 @@ def print_tables(results: dict[str, Any], summary: dict[str, Any], levels: tuple
 
     p()
     p("targets at 64 clients:")
+    echo_epoll = summary.get("ratio_vs_echo_epoll_64")
+    p(
+        f"  (ipamd is {fmt(echo_epoll, '.0%')} of the epoll echo: the floor for its own I/O;"
+        " no target)"
+    )
     checks = [
         ("ipamd >= 70% of the echo floor", summary.get("ratio_vs_echo_64"), 0.70, "{:.0%}"),
         ("ipamd >= 100x host-local (its best)", summary.get("ratio_vs_hostlocal"), 100, "{:.0f}x"),
