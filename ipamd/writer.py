@@ -138,7 +138,11 @@ class Writer:
         self.max_batch = max_batch
         self.clock = clock
         self.committed: dict[str, NetworkSnapshot] = snapshot(allocator)
-        self._send, self._receive = trio.open_memory_channel[_Waiter](max_queue)
+        self.max_queue = max_queue
+        # A plain deque, not a trio channel: the writer takes whole groups at once
+        # and only needs waking when the queue stops being empty.
+        self._queue: collections.deque[_Waiter] = collections.deque()
+        self._queued = trio.Event()
         self._accepting = True
         self._dirty = False  # a write failed: rebuild before the next decision
         self._failed_write: StorageError | None = None  # until the rebuild
@@ -181,12 +185,10 @@ class Writer:
         mutation cannot be queued."""
         if not self._accepting:
             raise Unavailable("ipamd is shutting down")
-        try:
-            self._send.send_nowait(_Waiter(mutation, on_done))
-        except trio.WouldBlock:
-            raise Unavailable("too many mutations queued; try again later") from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise Unavailable("ipamd is shutting down") from None
+        if len(self._queue) >= self.max_queue:
+            raise Unavailable("too many mutations queued; try again later")
+        self._queue.append(_Waiter(mutation, on_done))
+        self._queued.set()
 
     # -- the writer task -----------------------------------------------------------
 
@@ -202,13 +204,8 @@ class Writer:
                 # Closed synchronously: `async with` would checkpoint on the way out,
                 # where a shutdown's Cancelled could replace the error that got us there.
                 with send_decided:
-                    async for first in self._receive:
-                        group = [first]
-                        while len(group) < self.max_batch:
-                            try:
-                                group.append(self._receive.receive_nowait())
-                            except trio.WouldBlock:
-                                break
+                    while True:
+                        group = await self._next_group()
                         # Shielded: a group taken off the channel is decided, written
                         # and answered even if shutdown cancels us now.
                         with trio.CancelScope(shield=True):
@@ -218,15 +215,19 @@ class Writer:
         finally:
             self._refuse_queued()
 
+    async def _next_group(self) -> list[_Waiter]:
+        """Everything queued, up to max_batch, once there is something."""
+        await trio.lowlevel.checkpoint_if_cancelled()  # shutdown: the queue is refused
+        while not self._queue:
+            self._queued = trio.Event()
+            await self._queued.wait()
+        queue = self._queue
+        return [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+
     def _refuse_queued(self) -> None:
         self._accepting = False
-        self._send.close()
-        while True:
-            try:
-                waiter = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            waiter.answer(error=Unavailable("ipamd is shutting down"))
+        while self._queue:
+            self._queue.popleft().answer(error=Unavailable("ipamd is shutting down"))
 
     # -- deciding (the writer task) -------------------------------------------------
 
