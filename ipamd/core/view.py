@@ -59,7 +59,9 @@ class SetCursor:
     network: str
     subnet: int
     address: IPAddress
-    previous: IPAddress | None  # what to restore if the decision is undone
+    # The pool's cursor (an offset) before this change: what to restore if the
+    # decision is undone. An offset, as the pool keeps it: no address to build.
+    previous: int | None
 
 
 Change = PutNetwork | DeleteNetwork | PutLease | DeleteLease | SetCursor
@@ -134,14 +136,22 @@ class PendingLeases:
         return self._merged(self.base.leases_in(network), mine)
 
     def apply(self, change: Change) -> None:
-        if isinstance(change, PutLease | DeleteLease):
-            key = change.lease.key
-            self._by_container.setdefault(key.container_id, set()).add(key)
         if isinstance(change, PutLease):
-            self._leases[change.lease.key] = change.lease
+            key = self._touch(change.lease.key)
+            self._leases[key] = change.lease
             for address in change.lease.addresses:
-                self._owners[(change.lease.key.network, address)] = change.lease.key
+                self._owners[(key.network, address)] = key
         elif isinstance(change, DeleteLease):
-            self._leases[change.lease.key] = None
+            key = self._touch(change.lease.key)
+            self._leases[key] = None
             for address in change.owned:
-                self._owners[(change.lease.key.network, address)] = None
+                self._owners[(key.network, address)] = None
+
+    def _touch(self, key: LeaseKey) -> LeaseKey:
+        """Note that this batch holds a change for `key`; return it."""
+        mine = self._by_container.get(key.container_id)
+        if mine is None:
+            self._by_container[key.container_id] = {key}
+        else:
+            mine.add(key)
+        return key
