@@ -264,10 +264,20 @@ class Store:
         raw = self.db.get(keys.reverse_key(network, address))
         return None if raw is None else keys.decode_reverse_value(network, raw)
 
-    def leases_of(self, container_id: str) -> Iterator[Lease]:
-        prefix = keys.container_prefix(container_id)
-        for raw_key, value in list(self.db.iterator(prefix=prefix)):
-            yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+    def leases_of(self, container_id: str, network: str | None = None) -> list[Lease]:
+        if network is None:
+            prefix = keys.container_prefix(container_id)
+            return [
+                keys.decode_lease(keys.decode_lease_key(raw_key), value)
+                for raw_key, value in self.db.iterator(prefix=prefix)
+            ]
+        # One network: a narrower scan, and only the ifname left to decode.
+        prefix = keys.attachments_prefix(container_id, network)
+        skip = len(prefix)
+        return [
+            keys.decode_lease(LeaseKey(network, container_id, raw_key[skip:].decode()), value)
+            for raw_key, value in self.db.iterator(prefix=prefix)
+        ]
 
     def leases_in(self, network: str) -> Iterator[Lease]:
         """Every lease of a network, in address order of its first subnet."""

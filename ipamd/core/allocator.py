@@ -262,11 +262,7 @@ class Allocator:
             for name, ifname in request.networks.items():
                 self.pool(name)  # an unknown network is an error, not a silent no-op
                 if ifname is None:
-                    leases += [
-                        lease
-                        for lease in view.leases_of(request.container_id)
-                        if lease.key.network == name
-                    ]
+                    leases += view.leases_of(request.container_id, name)
                 else:
                     held = view.lease(LeaseKey(name, request.container_id, ifname))
                     if held is not None:

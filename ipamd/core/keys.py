@@ -75,8 +75,13 @@ def container_prefix(container_id: str) -> bytes:
     return LEASE + container_id.encode() + SEP
 
 
+def attachments_prefix(container_id: str, network: str) -> bytes:
+    """The prefix of a container's lease keys on one network, one per ifname."""
+    return LEASE + container_id.encode() + SEP + network.encode() + SEP
+
+
 def lease_key(key: LeaseKey) -> bytes:
-    return container_prefix(key.container_id) + key.network.encode() + SEP + key.ifname.encode()
+    return attachments_prefix(key.container_id, key.network) + key.ifname.encode()
 
 
 def decode_lease_key(raw: bytes) -> LeaseKey:

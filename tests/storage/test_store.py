@@ -13,10 +13,12 @@ import pytest
 
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.requests import GcRequest
+from ipamd.core.requests import GcRequest, ReleaseRequest
+from ipamd.core.view import DeleteLease, PendingLeases
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
+    NOW,
     V4,
     V6,
     alloc,
@@ -186,4 +188,49 @@ def test_load_of_many_leases_hand_written_in_bulk(state_dir: Path) -> None:
     pool = store.load().pools[NET].subnets[0]
     assert pool.used == 20_000
     assert pool.free.run_count == 1 + 20_000 // 100  # offset 1, then each hole
+    store.close()
+
+
+def test_release_of_one_network_takes_every_ifname_there_and_nothing_else(
+    state_dir: Path,
+) -> None:
+    """`release` naming a network but no ifname scans that network's keys only;
+    decisions earlier in the same batch (not yet on disk) count as well."""
+    store, allocator = open_store(state_dir)
+    for name in ("a", "ab", NET):  # "a" is a prefix of "ab": its scan must not see "ab"
+        _, changes = allocator.create_network(network(name))
+        store.write(changes)
+    for request in (
+        alloc("c", NET, "a", "ab"),
+        alloc("c", NET, ifname="eth0"),
+        alloc("c", NET, ifname="eth1"),
+        alloc("c", "a", ifname="eth0"),
+        alloc("cc", NET),  # "c" is a prefix of "cc": not c's
+    ):
+        decide_and_write(store, allocator, request)
+    # c's leases on disk, as the store lists them, whole and per network.
+    assert sorted(lease.key.ifname for lease in store.leases_of("c", NET)) == ["", "eth0", "eth1"]
+    assert [lease.key for lease in store.leases_of("c", "ab")] == [LeaseKey("ab", "c", "")]
+    assert len(store.leases_of("c")) == 6
+    assert store.leases_of("nobody", NET) == []
+
+    # One batch: a new lease and a release on NET, then release NET again.
+    view = PendingLeases(store)
+    decided, _ = allocator.alloc(alloc("c", NET, ifname="eth2"), view, NOW)
+    released, _ = allocator.release(ReleaseRequest("c", {NET: "eth0"}), view)
+    assert list(released) == [NET]
+    released, changes = allocator.release(ReleaseRequest("c", {NET: None}), view)
+    assert sorted(released[NET]) == sorted(
+        lease.addresses[0] for lease in store.leases_of("c", NET) if lease.key.ifname != "eth0"
+    ) + list(decided[NET].addresses)  # eth2's, decided in this batch
+    assert sorted(c.lease.key.ifname for c in changes if isinstance(c, DeleteLease)) == [
+        "",
+        "eth1",
+        "eth2",
+    ]
+    released, changes = allocator.release(ReleaseRequest("c", {NET: None}), view)
+    assert (released, changes) == ({}, [])
+    # The other networks, and the other container, keep theirs.
+    assert sorted(lease.key.network for lease in view.leases_of("c")) == ["a", "a", "ab"]
+    assert [lease.key for lease in view.leases_of("cc", NET)] == [LeaseKey(NET, "cc", "")]
     store.close()
