@@ -26,7 +26,13 @@ from typing import Any
 import msgpack
 
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.network import IPAddress, IPNetwork, Network
+from ipamd.core.network import (
+    IPAddress,
+    IPNetwork,
+    Network,
+    address_from_text,
+    address_text,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"\x00schema"
@@ -91,7 +97,7 @@ def decode_lease_key(raw: bytes) -> LeaseKey:
 
 def lease_value(lease: Lease) -> bytes:
     value: dict[str, Any] = {
-        "ips": [str(address) for address in lease.addresses],
+        "ips": [address_text(address) for address in lease.addresses],
         "created": lease.created,
     }
     if lease.attributes:
@@ -103,7 +109,7 @@ def decode_lease(key: LeaseKey, value: bytes) -> Lease:
     raw = unpack(value)
     return Lease(
         key,
-        tuple(ipaddress.ip_address(ip) for ip in raw["ips"]),
+        tuple([address_from_text(ip) for ip in raw["ips"]]),
         int(raw["created"]),
         dict(raw.get("attributes") or {}),
     )
