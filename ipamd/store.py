@@ -245,8 +245,7 @@ class Store:
         """Persist every change in one synced batch. Blocks; raises StorageError."""
         try:
             with self.db.write_batch(sync=True) as batch:
-                for change in changes:
-                    _put_change(batch, change)
+                _fill_batch(batch, changes)
         except plyvel.Error as e:
             raise StorageError(f"write to {self.path} failed: {_reason(e)}") from e
         except OSError as e:
@@ -423,25 +422,38 @@ def _check_tail(db: plyvel.DB) -> None:
     db.raw_iterator(verify_checksums=True).seek_to_last()
 
 
-def _put_change(batch: plyvel.WriteBatch, change: Change) -> None:
-    if isinstance(change, PutNetwork):
-        batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
-    elif isinstance(change, DeleteNetwork):
-        batch.delete(keys.network_key(change.network.name))
-        for index in range(len(change.network.subnets)):
-            batch.delete(keys.cursor_key(change.network.name, index))
-    elif isinstance(change, PutLease):
-        lease = change.lease
-        batch.put(keys.lease_key(lease.key), keys.lease_value(lease))
-        _put_reverse_entries(batch, lease)
-    elif isinstance(change, DeleteLease):
-        batch.delete(keys.lease_key(change.lease.key))
-        for address in change.owned:
-            batch.delete(keys.reverse_key(change.lease.key.network, address))
-    elif isinstance(change, SetCursor):
-        batch.put(keys.cursor_key(change.network, change.subnet), change.address.packed)
+def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
+    """Put `changes` into `batch`: the database after the batch is as if each
+    change had been written in order."""
+    # A batch of allocations moves a subnet's cursor once per allocation, and
+    # only the last position is ever read: only that one is written, at the end.
+    cursors: dict[bytes, bytes] = {}
+    for change in changes:
+        if isinstance(change, PutLease):
+            _put_lease(batch, change.lease)
+        elif isinstance(change, SetCursor):
+            cursors[keys.cursor_key(change.network, change.subnet)] = change.address.packed
+        elif isinstance(change, DeleteLease):
+            key = change.lease.key
+            batch.delete(keys.lease_key(key))
+            for address in change.owned:
+                batch.delete(keys.reverse_key(key.network, address))
+        elif isinstance(change, PutNetwork):
+            batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
+        elif isinstance(change, DeleteNetwork):
+            batch.delete(keys.network_key(change.network.name))
+            for index in range(len(change.network.subnets)):
+                cursor = keys.cursor_key(change.network.name, index)
+                cursors.pop(cursor, None)  # a cursor moved earlier in the batch goes too
+                batch.delete(cursor)
+    for cursor, packed_address in cursors.items():
+        batch.put(cursor, packed_address)
 
 
-def _put_reverse_entries(batch: plyvel.WriteBatch, lease: Lease) -> None:
+def _put_lease(batch: plyvel.WriteBatch, lease: Lease) -> None:
+    """A lease and its reverse entries, which always travel together."""
+    key = lease.key
+    batch.put(keys.lease_key(key), keys.lease_value(lease))
+    owner = keys.reverse_value(key)
     for address in lease.addresses:
-        batch.put(keys.reverse_key(lease.key.network, address), keys.reverse_value(lease.key))
+        batch.put(keys.reverse_key(key.network, address), owner)

@@ -43,8 +43,15 @@ CURSOR = b"C"
 SEP = b"\x00"
 
 
+# One Packer for every value: msgpack.packb builds a Packer and its buffer per
+# call, and a batch packs two values per lease. Sharing it is safe: the C
+# Packer packs a whole value without letting another thread run and resets
+# its buffer when a value fails to pack; and only the writer packs.
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return _packer.pack(value)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes) -> Any:
@@ -122,8 +129,11 @@ def reverse_network_prefix(network: str) -> bytes:
     return REVERSE + network.encode() + SEP
 
 
+_VERSION_BYTE = {4: b"\x04", 6: b"\x06"}
+
+
 def reverse_key(network: str, address: IPAddress) -> bytes:
-    return reverse_network_prefix(network) + bytes([address.version]) + address.packed
+    return reverse_network_prefix(network) + _VERSION_BYTE[address.version] + address.packed
 
 
 def reverse_span(network: str, cidr: IPNetwork) -> tuple[bytes, bytes]:

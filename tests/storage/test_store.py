@@ -14,7 +14,7 @@ import pytest
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.requests import GcRequest, ReleaseRequest
-from ipamd.core.view import DeleteLease, PendingLeases
+from ipamd.core.view import Change, DeleteLease, PendingLeases
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
@@ -234,3 +234,38 @@ def test_release_of_one_network_takes_every_ifname_there_and_nothing_else(
     assert sorted(lease.key.network for lease in view.leases_of("c")) == ["a", "a", "ab"]
     assert [lease.key for lease in view.leases_of("cc", NET)] == [LeaseKey(NET, "cc", "")]
     store.close()
+
+
+def test_one_batch_stores_what_its_changes_one_by_one_would(tmp_path: Path) -> None:
+    """Store.write keeps only a subnet's last cursor of a batch: the database must
+    end as if every change had been written by itself, in order, even when the
+    batch deletes the network after moving its cursor, then creates it again."""
+    store, allocator = open_store(tmp_path / "batched")
+    view = PendingLeases(store)
+    changes: list[Change] = []
+
+    def decided(outcome: tuple[object, list[Change]]) -> None:
+        changes.extend(outcome[1])
+
+    decided(allocator.create_network(network(NET, V4, V6)))
+    decided(allocator.create_network(network("other")))
+    for i in range(5):
+        decided(allocator.alloc(alloc(f"c{i}", NET, "other"), view, NOW))
+    decided(allocator.release(release("c1"), view))
+    decided(allocator.delete_network("other", True, view))  # after its cursor moved
+    decided(allocator.create_network(network("other")))
+    decided(allocator.alloc(alloc("again", "other"), view, NOW))
+    decided(allocator.create_network(network("gone")))
+    decided(allocator.alloc(alloc("x", "gone"), view, NOW))
+    decided(allocator.delete_network("gone", True, view))  # a cursor that never lands
+    store.write(changes)
+
+    one_by_one, _ = open_store(tmp_path / "one_by_one")
+    for change in changes:
+        one_by_one.write([change])
+    assert list(store.db.iterator()) == list(one_by_one.db.iterator())
+    assert store.db.get(keys.cursor_key("other", 0)) is not None
+    assert store.db.get(keys.cursor_key("gone", 0)) is None
+    assert_pools_equal(allocator, store.load())
+    store.close()
+    one_by_one.close()
