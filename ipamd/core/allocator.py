@@ -289,8 +289,9 @@ class Allocator:
     def _release_lease(self, lease: Lease, view: WritableView) -> DeleteLease:
         """Free what `lease` owns (only that) and drop it from the view."""
         # Not ours to free: never hand out, or forget, someone else's address.
-        owned = tuple(a for a in lease.addresses if view.owner(lease.key.network, a) == lease.key)
-        pool = self.pools.get(lease.key.network)
+        key = lease.key
+        owned = tuple([a for a in lease.addresses if view.owner(key.network, a) == key])
+        pool = self.pools.get(key.network)
         if pool is not None:
             for address in owned:
                 index = pool.network.subnet_of(address)
