@@ -427,12 +427,12 @@ def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
     change had been written in order."""
     # A batch of allocations moves a subnet's cursor once per allocation, and
     # only the last position is ever read: only that one is written, at the end.
-    cursors: dict[bytes, bytes] = {}
+    cursors: dict[tuple[str, int], IPAddress] = {}
     for change in changes:
         if isinstance(change, PutLease):
             _put_lease(batch, change.lease)
         elif isinstance(change, SetCursor):
-            cursors[keys.cursor_key(change.network, change.subnet)] = change.address.packed
+            cursors[(change.network, change.subnet)] = change.address
         elif isinstance(change, DeleteLease):
             key = change.lease.key
             batch.delete(keys.lease_key(key))
@@ -443,11 +443,10 @@ def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
         elif isinstance(change, DeleteNetwork):
             batch.delete(keys.network_key(change.network.name))
             for index in range(len(change.network.subnets)):
-                cursor = keys.cursor_key(change.network.name, index)
-                cursors.pop(cursor, None)  # a cursor moved earlier in the batch goes too
-                batch.delete(cursor)
-    for cursor, packed_address in cursors.items():
-        batch.put(cursor, packed_address)
+                cursors.pop((change.network.name, index), None)  # moved earlier: goes too
+                batch.delete(keys.cursor_key(change.network.name, index))
+    for (network, subnet), address in cursors.items():
+        batch.put(keys.cursor_key(network, subnet), address.packed)
 
 
 def _put_lease(batch: plyvel.WriteBatch, lease: Lease) -> None:

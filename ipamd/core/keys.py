@@ -94,7 +94,9 @@ def attachments_prefix(container_id: str, network: str) -> bytes:
 
 
 def lease_key(key: LeaseKey) -> bytes:
-    return attachments_prefix(key.container_id, key.network) + key.ifname.encode()
+    # attachments_prefix(...) + ifname, as one text encoded once (the UTF-8 of
+    # joined texts is the joined UTF-8): every alloc and release builds one.
+    return f"L{key.container_id}\0{key.network}\0{key.ifname}".encode()
 
 
 def decode_lease_key(raw: bytes) -> LeaseKey:

@@ -269,3 +269,18 @@ def test_one_batch_stores_what_its_changes_one_by_one_would(tmp_path: Path) -> N
     assert_pools_equal(allocator, store.load())
     store.close()
     one_by_one.close()
+
+
+def test_lease_keys_are_their_parts_joined() -> None:
+    """keys.lease_key encodes the joined text at once; the bytes are the joined parts'."""
+    for key in (
+        LeaseKey(NET, "c", ""),
+        LeaseKey("n-1.x", "C_9", "eth0"),
+        LeaseKey(NET, "c", "é€😀"),
+    ):
+        parts = key.container_id.encode() + keys.SEP + key.network.encode() + keys.SEP
+        assert keys.lease_key(key) == keys.LEASE + parts + key.ifname.encode()
+        assert keys.lease_key(key).startswith(
+            keys.attachments_prefix(key.container_id, key.network)
+        )
+        assert keys.decode_lease_key(keys.lease_key(key)) == key
