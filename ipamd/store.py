@@ -250,8 +250,7 @@ class Store:
         writer's own thread: encoding in the worker thread would hold the GIL
         there and stall the event loop each time it wants it back."""
         batch = self.db.write_batch(sync=True)
-        for change in changes:
-            _put_change(batch, change)
+        _fill_batch(batch, changes)
         return batch
 
     def commit(self, batch: plyvel.WriteBatch) -> None:
@@ -276,10 +275,20 @@ class Store:
         raw = self.db.get(keys.reverse_key(network, address))
         return None if raw is None else keys.decode_reverse_value(network, raw)
 
-    def leases_of(self, container_id: str) -> Iterator[Lease]:
-        prefix = keys.container_prefix(container_id)
-        for raw_key, value in list(self.db.iterator(prefix=prefix)):
-            yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+    def leases_of(self, container_id: str, network: str | None = None) -> list[Lease]:
+        if network is None:
+            prefix = keys.container_prefix(container_id)
+            return [
+                keys.decode_lease(keys.decode_lease_key(raw_key), value)
+                for raw_key, value in self.db.iterator(prefix=prefix)
+            ]
+        # One network: a narrower scan, and only the ifname left to decode.
+        prefix = keys.attachments_prefix(container_id, network)
+        skip = len(prefix)
+        return [
+            keys.decode_lease(LeaseKey(network, container_id, raw_key[skip:].decode()), value)
+            for raw_key, value in self.db.iterator(prefix=prefix)
+        ]
 
     def leases_in(self, network: str) -> Iterator[Lease]:
         """Every lease of a network, in address order of its first subnet."""
@@ -425,25 +434,37 @@ def _check_tail(db: plyvel.DB) -> None:
     db.raw_iterator(verify_checksums=True).seek_to_last()
 
 
-def _put_change(batch: plyvel.WriteBatch, change: Change) -> None:
-    if isinstance(change, PutNetwork):
-        batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
-    elif isinstance(change, DeleteNetwork):
-        batch.delete(keys.network_key(change.network.name))
-        for index in range(len(change.network.subnets)):
-            batch.delete(keys.cursor_key(change.network.name, index))
-    elif isinstance(change, PutLease):
-        lease = change.lease
-        batch.put(keys.lease_key(lease.key), keys.lease_value(lease))
-        _put_reverse_entries(batch, lease)
-    elif isinstance(change, DeleteLease):
-        batch.delete(keys.lease_key(change.lease.key))
-        for address in change.owned:
-            batch.delete(keys.reverse_key(change.lease.key.network, address))
-    elif isinstance(change, SetCursor):
-        batch.put(keys.cursor_key(change.network, change.subnet), change.address.packed)
+def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
+    """Put `changes` into `batch`: the database after the batch is as if each
+    change had been written in order."""
+    # A batch of allocations moves a subnet's cursor once per allocation, and
+    # only the last position is ever read: only that one is written, at the end.
+    cursors: dict[tuple[str, int], IPAddress] = {}
+    for change in changes:
+        if isinstance(change, PutLease):
+            _put_lease(batch, change.lease)
+        elif isinstance(change, SetCursor):
+            cursors[(change.network, change.subnet)] = change.address
+        elif isinstance(change, DeleteLease):
+            key = change.lease.key
+            batch.delete(keys.lease_key(key))
+            for address in change.owned:
+                batch.delete(keys.reverse_key(key.network, address))
+        elif isinstance(change, PutNetwork):
+            batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
+        elif isinstance(change, DeleteNetwork):
+            batch.delete(keys.network_key(change.network.name))
+            for index in range(len(change.network.subnets)):
+                cursors.pop((change.network.name, index), None)  # moved earlier: goes too
+                batch.delete(keys.cursor_key(change.network.name, index))
+    for (network, subnet), address in cursors.items():
+        batch.put(keys.cursor_key(network, subnet), address.packed)
 
 
-def _put_reverse_entries(batch: plyvel.WriteBatch, lease: Lease) -> None:
+def _put_lease(batch: plyvel.WriteBatch, lease: Lease) -> None:
+    """A lease and its reverse entries, which always travel together."""
+    key = lease.key
+    batch.put(keys.lease_key(key), keys.lease_value(lease))
+    owner = keys.reverse_value(key)
     for address in lease.addresses:
-        batch.put(keys.reverse_key(lease.key.network, address), keys.reverse_value(lease.key))
+        batch.put(keys.reverse_key(key.network, address), owner)

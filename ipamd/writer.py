@@ -36,7 +36,7 @@ import trio
 
 from ipamd.core.allocator import Allocator, SubnetStats
 from ipamd.core.lease import Lease
-from ipamd.core.network import Network
+from ipamd.core.network import IPAddress, Network, address_text
 from ipamd.core.requests import (
     AllocRequest,
     CreateNetworkRequest,
@@ -375,8 +375,7 @@ class Writer:
             return {"container_id": mutation.container_id, "networks": networks}, changes
         if isinstance(mutation, ReleaseRequest):
             released, changes = allocator.release(mutation, view)
-            wire = {name: [str(a) for a in addresses] for name, addresses in released.items()}
-            return {"released": wire}, changes
+            return {"released": self._released(released)}, changes
         if isinstance(mutation, GcRequest):
             stale, changes = allocator.gc(mutation, view)
             network = allocator.pool(mutation.network).network
@@ -388,6 +387,10 @@ class Writer:
             count, changes = allocator.delete_network(mutation.name, mutation.force, view)
             return {"name": mutation.name, "released": count}, changes
         raise TypeError(f"not a mutation: {mutation!r}")
+
+    @staticmethod
+    def _released(released: dict[str, list[IPAddress]]) -> dict[str, list[str]]:
+        return {name: [address_text(a) for a in addresses] for name, addresses in released.items()}
 
     def _ips(self, lease: Lease) -> list[dict[str, Any]]:
         return lease.ips_to_wire(self.allocator.pool(lease.key.network).network)

@@ -194,8 +194,7 @@ class Allocator:
                 subnet_pool.give(offset)
             for change in reversed(changes):
                 if isinstance(change, SetCursor):
-                    subnet_pool = self.pools[change.network].subnets[change.subnet]
-                    subnet_pool.cursor = _offset_or_none(subnet_pool.subnet, change.previous)
+                    self.pools[change.network].subnets[change.subnet].cursor = change.previous
             raise
         for change in changes:
             view.apply(change)
@@ -240,20 +239,15 @@ class Allocator:
                         f"requested ip address {static} is already allocated to container ID"
                         f" {holder.container_id if holder else '(unknown)'}"
                     )
+                address = static
             else:
                 offset = subnet_pool.next_dynamic()
-                changes.append(
-                    SetCursor(
-                        network.name,
-                        index,
-                        subnet.address_at(offset),
-                        _address_or_none(subnet, subnet_pool.cursor),
-                    )
-                )
+                address = subnet.address_at(offset)
+                changes.append(SetCursor(network.name, index, address, subnet_pool.cursor))
                 subnet_pool.cursor = offset
             subnet_pool.take(offset)
             taken.append((subnet_pool, offset))
-            addresses.append(subnet.address_at(offset))
+            addresses.append(address)
         return tuple(addresses)
 
     # -- release and gc --------------------------------------------------
@@ -268,11 +262,7 @@ class Allocator:
             for name, ifname in request.networks.items():
                 self.pool(name)  # an unknown network is an error, not a silent no-op
                 if ifname is None:
-                    leases += [
-                        lease
-                        for lease in view.leases_of(request.container_id)
-                        if lease.key.network == name
-                    ]
+                    leases += view.leases_of(request.container_id, name)
                 else:
                     held = view.lease(LeaseKey(name, request.container_id, ifname))
                     if held is not None:
@@ -299,8 +289,9 @@ class Allocator:
     def _release_lease(self, lease: Lease, view: WritableView) -> DeleteLease:
         """Free what `lease` owns (only that) and drop it from the view."""
         # Not ours to free: never hand out, or forget, someone else's address.
-        owned = tuple(a for a in lease.addresses if view.owner(lease.key.network, a) == lease.key)
-        pool = self.pools.get(lease.key.network)
+        key = lease.key
+        owned = tuple([a for a in lease.addresses if view.owner(key.network, a) == key])
+        pool = self.pools.get(key.network)
         if pool is not None:
             for address in owned:
                 index = pool.network.subnet_of(address)
@@ -324,11 +315,3 @@ def _check_retry(existing: Lease, attachment: Attachment) -> None:
         raise InvalidRequest(
             f"{existing.key} already holds {held}; release it before requesting {asked}"
         )
-
-
-def _address_or_none(subnet: Subnet, offset: int | None) -> IPAddress | None:
-    return None if offset is None else subnet.address_at(offset)
-
-
-def _offset_or_none(subnet: Subnet, address: IPAddress | None) -> int | None:
-    return None if address is None else subnet.offset(address)

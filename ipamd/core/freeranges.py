@@ -62,6 +62,11 @@ class FreeRanges:
         return None
 
     def _run_containing(self, address: int) -> tuple[int, int] | None:
+        # Dynamic allocation asks about the address after its cursor, which
+        # is usually where a run starts: a dict lookup, not a sorted search.
+        end = self._runs.get(address)
+        if end is not None:
+            return address, end
         run = self._run_at_or_before(address)
         return run if run is not None and run[1] >= address else None
 

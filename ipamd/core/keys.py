@@ -26,7 +26,13 @@ from typing import Any
 import msgpack
 
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.network import IPAddress, IPNetwork, Network
+from ipamd.core.network import (
+    IPAddress,
+    IPNetwork,
+    Network,
+    address_from_text,
+    address_text,
+)
 
 SCHEMA_VERSION = 1
 SCHEMA_KEY = b"\x00schema"
@@ -37,8 +43,15 @@ CURSOR = b"C"
 SEP = b"\x00"
 
 
+# One Packer for every value: msgpack.packb builds a Packer and its buffer per
+# call, and a batch packs two values per lease. Sharing it is safe: the C
+# Packer packs a whole value without letting another thread run and resets
+# its buffer when a value fails to pack; and only the writer packs.
+_packer = msgpack.Packer(use_bin_type=True)
+
+
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    return _packer.pack(value)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes) -> Any:
@@ -75,8 +88,15 @@ def container_prefix(container_id: str) -> bytes:
     return LEASE + container_id.encode() + SEP
 
 
+def attachments_prefix(container_id: str, network: str) -> bytes:
+    """The prefix of a container's lease keys on one network, one per ifname."""
+    return LEASE + container_id.encode() + SEP + network.encode() + SEP
+
+
 def lease_key(key: LeaseKey) -> bytes:
-    return container_prefix(key.container_id) + key.network.encode() + SEP + key.ifname.encode()
+    # attachments_prefix(...) + ifname, as one text encoded once (the UTF-8 of
+    # joined texts is the joined UTF-8): every alloc and release builds one.
+    return f"L{key.container_id}\0{key.network}\0{key.ifname}".encode()
 
 
 def decode_lease_key(raw: bytes) -> LeaseKey:
@@ -86,7 +106,7 @@ def decode_lease_key(raw: bytes) -> LeaseKey:
 
 def lease_value(lease: Lease) -> bytes:
     value: dict[str, Any] = {
-        "ips": [str(address) for address in lease.addresses],
+        "ips": [address_text(address) for address in lease.addresses],
         "created": lease.created,
     }
     if lease.attributes:
@@ -98,7 +118,7 @@ def decode_lease(key: LeaseKey, value: bytes) -> Lease:
     raw = unpack(value)
     return Lease(
         key,
-        tuple(ipaddress.ip_address(ip) for ip in raw["ips"]),
+        tuple([address_from_text(ip) for ip in raw["ips"]]),
         int(raw["created"]),
         dict(raw.get("attributes") or {}),
     )
@@ -111,8 +131,11 @@ def reverse_network_prefix(network: str) -> bytes:
     return REVERSE + network.encode() + SEP
 
 
+_VERSION_BYTE = {4: b"\x04", 6: b"\x06"}
+
+
 def reverse_key(network: str, address: IPAddress) -> bytes:
-    return reverse_network_prefix(network) + bytes([address.version]) + address.packed
+    return reverse_network_prefix(network) + _VERSION_BYTE[address.version] + address.packed
 
 
 def reverse_span(network: str, cidr: IPNetwork) -> tuple[bytes, bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipamd.core.network import IPAddress, Network
 from ipamd.errors import InvalidRequest
@@ -61,8 +61,11 @@ def validate_attributes(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class LeaseKey:
+class LeaseKey(NamedTuple):
+    """Which attachment a lease belongs to. A NamedTuple rather than a frozen
+    dataclass: every alloc and release builds, hashes and compares a few, and a
+    tuple does each in C (about 4x cheaper). Ordered as the dataclass was."""
+
     network: str
     container_id: str
     ifname: str = ""

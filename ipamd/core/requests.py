@@ -7,6 +7,7 @@ see them. Pure: no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,20 @@ MAX_NETWORKS_PER_REQUEST = 64
 MAX_STATIC_IPS = 16
 MAX_GC_VALID = 1_000_000
 
+# The keys each map may hold, built once: checking them is on every request's path.
+ALLOC_KEYS = frozenset({"container_id", "networks"})
+ALLOC_OPTION_KEYS = frozenset({"ifname", "static_ips", "attributes"})
+RELEASE_KEYS = frozenset({"container_id", "networks"})
+RELEASE_OPTION_KEYS = frozenset({"ifname"})
+GC_KEYS = frozenset({"network", "valid", "dry_run"})
+GC_VALID_KEYS = frozenset({"container_id", "ifname"})
+DELETE_NETWORK_KEYS = frozenset({"name", "force"})
+
 
 def as_map(value: Any, what: str) -> dict[str, Any]:
     """A map, or an empty array standing for one (Lua's encoders can't tell them apart)."""
+    if isinstance(value, dict):
+        return value
     if value is None or (isinstance(value, list) and not value):
         return {}
     if not isinstance(value, dict):
@@ -33,10 +45,18 @@ def as_map(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def check_keys(params: dict[str, Any], allowed: set[str], what: str) -> None:
+def network_options(raw: Any, network: str) -> dict[str, Any]:
+    """The options map of one network in a request (the message is built only on error)."""
+    if isinstance(raw, dict):
+        return raw
+    return as_map(raw, f"options of network {network}")
+
+
+def check_keys(params: dict[str, Any], allowed: Set[str], what: str) -> None:
+    if params.keys() <= allowed:  # the usual case: no set to build
+        return
     unknown = set(params) - allowed
-    if unknown:
-        raise InvalidRequest(f"unknown {what} key(s) {sorted(map(str, unknown))}")
+    raise InvalidRequest(f"unknown {what} key(s) {sorted(map(str, unknown))}")
 
 
 def optional_bool(params: dict[str, Any], key: str) -> bool:
@@ -55,6 +75,27 @@ class Attachment:
     attributes: dict[str, str] | None = None
 
 
+# What a network named with no options (podman's usual request) attaches with:
+# one shared instance, since it is frozen and most requests need nothing else.
+DEFAULT_ATTACHMENT = Attachment()
+
+
+def _attachment_from_wire(name: str, raw: Any) -> Attachment:
+    """The options of one network of an alloc request."""
+    options = network_options(raw, name)
+    if not options:
+        return DEFAULT_ATTACHMENT
+    check_keys(options, ALLOC_OPTION_KEYS, "network option")
+    static = options.get("static_ips") or []
+    if not isinstance(static, list) or len(static) > MAX_STATIC_IPS:
+        raise InvalidRequest(f"static_ips must be a list of at most {MAX_STATIC_IPS} addresses")
+    return Attachment(
+        ifname=validate_ifname(options.get("ifname")),
+        static_ips=tuple(parse_address(ip, "static ip") for ip in static),
+        attributes=validate_attributes(options.get("attributes")),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AllocRequest:
     container_id: str
@@ -62,7 +103,7 @@ class AllocRequest:
 
     @classmethod
     def from_wire(cls, params: dict[str, Any]) -> AllocRequest:
-        check_keys(params, {"container_id", "networks"}, "alloc")
+        check_keys(params, ALLOC_KEYS, "alloc")
         container_id = validate_container_id(params.get("container_id"))
         raw_networks = as_map(params.get("networks"), "networks")
         if not raw_networks:
@@ -74,18 +115,7 @@ class AllocRequest:
         networks: dict[str, Attachment] = {}
         for name, raw in raw_networks.items():
             validate_name(name)
-            options = as_map(raw, f"options of network {name}")
-            check_keys(options, {"ifname", "static_ips", "attributes"}, "network option")
-            static = options.get("static_ips") or []
-            if not isinstance(static, list) or len(static) > MAX_STATIC_IPS:
-                raise InvalidRequest(
-                    f"static_ips must be a list of at most {MAX_STATIC_IPS} addresses"
-                )
-            networks[name] = Attachment(
-                ifname=validate_ifname(options.get("ifname")),
-                static_ips=tuple(parse_address(ip, "static ip") for ip in static),
-                attributes=validate_attributes(options.get("attributes")),
-            )
+            networks[name] = _attachment_from_wire(name, raw)
         return cls(container_id, networks)
 
 
@@ -97,15 +127,15 @@ class ReleaseRequest:
 
     @classmethod
     def from_wire(cls, params: dict[str, Any]) -> ReleaseRequest:
-        check_keys(params, {"container_id", "networks"}, "release")
+        check_keys(params, RELEASE_KEYS, "release")
         container_id = validate_container_id(params.get("container_id"))
         if params.get("networks") is None:
             return cls(container_id, None)
         networks: dict[str, str | None] = {}
         for name, raw in as_map(params["networks"], "networks").items():
             validate_name(name)
-            options = as_map(raw, f"options of network {name}")
-            check_keys(options, {"ifname"}, "network option")
+            options = network_options(raw, name)
+            check_keys(options, RELEASE_OPTION_KEYS, "network option")
             ifname = options.get("ifname")
             networks[name] = None if ifname is None else validate_ifname(ifname)
         return cls(container_id, networks)
@@ -123,7 +153,7 @@ class GcRequest:
 
     @classmethod
     def from_wire(cls, params: dict[str, Any]) -> GcRequest:
-        check_keys(params, {"network", "valid", "dry_run"}, "gc")
+        check_keys(params, GC_KEYS, "gc")
         network = validate_name(params.get("network"))
         raw_valid = params.get("valid")
         if not isinstance(raw_valid, list) or len(raw_valid) > MAX_GC_VALID:
@@ -133,7 +163,7 @@ class GcRequest:
         valid: set[tuple[str, str | None]] = set()
         for entry in raw_valid:
             entry = as_map(entry, "valid entry")
-            check_keys(entry, {"container_id", "ifname"}, "valid entry")
+            check_keys(entry, GC_VALID_KEYS, "valid entry")
             ifname = entry.get("ifname")
             valid.add(
                 (
@@ -160,7 +190,7 @@ class DeleteNetworkRequest:
 
     @classmethod
     def from_wire(cls, params: dict[str, Any]) -> DeleteNetworkRequest:
-        check_keys(params, {"name", "force"}, "network.delete")
+        check_keys(params, DELETE_NETWORK_KEYS, "network.delete")
         return cls(validate_name(params.get("name")), optional_bool(params, "force"))
 
 

@@ -22,8 +22,8 @@ class LeaseView(Protocol):
 
     def owner(self, network: str, address: IPAddress) -> LeaseKey | None: ...
 
-    def leases_of(self, container_id: str) -> Iterable[Lease]:
-        """Every lease of a container, on every network."""
+    def leases_of(self, container_id: str, network: str | None = None) -> Iterable[Lease]:
+        """Every lease of a container, on every network or on `network` only."""
         ...
 
     def leases_in(self, network: str) -> Iterable[Lease]: ...
@@ -59,7 +59,9 @@ class SetCursor:
     network: str
     subnet: int
     address: IPAddress
-    previous: IPAddress | None  # what to restore if the decision is undone
+    # The pool's cursor (an offset) before this change: what to restore if the
+    # decision is undone. An offset, as the pool keeps it: no address to build.
+    previous: int | None
 
 
 Change = PutNetwork | DeleteNetwork | PutLease | DeleteLease | SetCursor
@@ -78,8 +80,12 @@ class MemoryLeases:
     def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
         return self.owners.get((network, address))
 
-    def leases_of(self, container_id: str) -> Iterator[Lease]:
-        return (lease for key, lease in self.leases.items() if key.container_id == container_id)
+    def leases_of(self, container_id: str, network: str | None = None) -> Iterator[Lease]:
+        return (
+            lease
+            for key, lease in self.leases.items()
+            if key.container_id == container_id and network in (None, key.network)
+        )
 
     def leases_in(self, network: str) -> Iterator[Lease]:
         return (lease for key, lease in self.leases.items() if key.network == network)
@@ -95,6 +101,10 @@ class MemoryLeases:
                 del self.owners[(change.lease.key.network, address)]
 
 
+# What `PendingLeases` finds for a key this batch has not changed (None means deleted).
+_UNTOUCHED = object()
+
+
 class PendingLeases:
     """A base view plus the not-yet-persisted changes of the batch being decided."""
 
@@ -106,14 +116,16 @@ class PendingLeases:
         self._by_container: dict[str, set[LeaseKey]] = {}
 
     def lease(self, key: LeaseKey) -> Lease | None:
-        if key in self._leases:
-            return self._leases[key]
-        return self.base.lease(key)
+        pending = self._leases.get(key, _UNTOUCHED)
+        if pending is _UNTOUCHED:
+            return self.base.lease(key)
+        return pending  # type: ignore[return-value]
 
     def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
-        if (network, address) in self._owners:
-            return self._owners[(network, address)]
-        return self.base.owner(network, address)
+        pending = self._owners.get((network, address), _UNTOUCHED)
+        if pending is _UNTOUCHED:
+            return self.base.owner(network, address)
+        return pending  # type: ignore[return-value]
 
     def _merged(
         self, base: Iterable[Lease], wanted: dict[LeaseKey, Lease | None]
@@ -125,23 +137,35 @@ class PendingLeases:
             if pending is not None:
                 yield pending
 
-    def leases_of(self, container_id: str) -> Iterator[Lease]:
-        mine = {k: self._leases[k] for k in self._by_container.get(container_id, ())}
-        return self._merged(self.base.leases_of(container_id), mine)
+    def leases_of(self, container_id: str, network: str | None = None) -> Iterable[Lease]:
+        base = self.base.leases_of(container_id, network)
+        touched = self._by_container.get(container_id)
+        if touched is None:  # the usual case: this batch changed nothing of the container's
+            return base
+        mine = {k: self._leases[k] for k in touched if network in (None, k.network)}
+        return self._merged(base, mine)
 
     def leases_in(self, network: str) -> Iterator[Lease]:
         mine = {k: v for k, v in self._leases.items() if k.network == network}
         return self._merged(self.base.leases_in(network), mine)
 
     def apply(self, change: Change) -> None:
-        if isinstance(change, PutLease | DeleteLease):
-            key = change.lease.key
-            self._by_container.setdefault(key.container_id, set()).add(key)
         if isinstance(change, PutLease):
-            self._leases[change.lease.key] = change.lease
+            key = self._touch(change.lease.key)
+            self._leases[key] = change.lease
             for address in change.lease.addresses:
-                self._owners[(change.lease.key.network, address)] = change.lease.key
+                self._owners[(key.network, address)] = key
         elif isinstance(change, DeleteLease):
-            self._leases[change.lease.key] = None
+            key = self._touch(change.lease.key)
+            self._leases[key] = None
             for address in change.owned:
-                self._owners[(change.lease.key.network, address)] = None
+                self._owners[(key.network, address)] = None
+
+    def _touch(self, key: LeaseKey) -> LeaseKey:
+        """Note that this batch holds a change for `key`; return it."""
+        mine = self._by_container.get(key.container_id)
+        if mine is None:
+            self._by_container[key.container_id] = {key}
+        else:
+            mine.add(key)
+        return key

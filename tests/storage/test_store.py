@@ -13,10 +13,12 @@ import pytest
 
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.requests import GcRequest
+from ipamd.core.requests import GcRequest, ReleaseRequest
+from ipamd.core.view import Change, DeleteLease, PendingLeases
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
+    NOW,
     V4,
     V6,
     alloc,
@@ -187,3 +189,98 @@ def test_load_of_many_leases_hand_written_in_bulk(state_dir: Path) -> None:
     assert pool.used == 20_000
     assert pool.free.run_count == 1 + 20_000 // 100  # offset 1, then each hole
     store.close()
+
+
+def test_release_of_one_network_takes_every_ifname_there_and_nothing_else(
+    state_dir: Path,
+) -> None:
+    """`release` naming a network but no ifname scans that network's keys only;
+    decisions earlier in the same batch (not yet on disk) count as well."""
+    store, allocator = open_store(state_dir)
+    for name in ("a", "ab", NET):  # "a" is a prefix of "ab": its scan must not see "ab"
+        _, changes = allocator.create_network(network(name))
+        store.write(changes)
+    for request in (
+        alloc("c", NET, "a", "ab"),
+        alloc("c", NET, ifname="eth0"),
+        alloc("c", NET, ifname="eth1"),
+        alloc("c", "a", ifname="eth0"),
+        alloc("cc", NET),  # "c" is a prefix of "cc": not c's
+    ):
+        decide_and_write(store, allocator, request)
+    # c's leases on disk, as the store lists them, whole and per network.
+    assert sorted(lease.key.ifname for lease in store.leases_of("c", NET)) == ["", "eth0", "eth1"]
+    assert [lease.key for lease in store.leases_of("c", "ab")] == [LeaseKey("ab", "c", "")]
+    assert len(store.leases_of("c")) == 6
+    assert store.leases_of("nobody", NET) == []
+
+    # One batch: a new lease and a release on NET, then release NET again.
+    view = PendingLeases(store)
+    decided, _ = allocator.alloc(alloc("c", NET, ifname="eth2"), view, NOW)
+    released, _ = allocator.release(ReleaseRequest("c", {NET: "eth0"}), view)
+    assert list(released) == [NET]
+    released, changes = allocator.release(ReleaseRequest("c", {NET: None}), view)
+    assert sorted(released[NET]) == sorted(
+        lease.addresses[0] for lease in store.leases_of("c", NET) if lease.key.ifname != "eth0"
+    ) + list(decided[NET].addresses)  # eth2's, decided in this batch
+    assert sorted(c.lease.key.ifname for c in changes if isinstance(c, DeleteLease)) == [
+        "",
+        "eth1",
+        "eth2",
+    ]
+    released, changes = allocator.release(ReleaseRequest("c", {NET: None}), view)
+    assert (released, changes) == ({}, [])
+    # The other networks, and the other container, keep theirs.
+    assert sorted(lease.key.network for lease in view.leases_of("c")) == ["a", "a", "ab"]
+    assert [lease.key for lease in view.leases_of("cc", NET)] == [LeaseKey(NET, "cc", "")]
+    store.close()
+
+
+def test_one_batch_stores_what_its_changes_one_by_one_would(tmp_path: Path) -> None:
+    """Store.write keeps only a subnet's last cursor of a batch: the database must
+    end as if every change had been written by itself, in order, even when the
+    batch deletes the network after moving its cursor, then creates it again."""
+    store, allocator = open_store(tmp_path / "batched")
+    view = PendingLeases(store)
+    changes: list[Change] = []
+
+    def decided(outcome: tuple[object, list[Change]]) -> None:
+        changes.extend(outcome[1])
+
+    decided(allocator.create_network(network(NET, V4, V6)))
+    decided(allocator.create_network(network("other")))
+    for i in range(5):
+        decided(allocator.alloc(alloc(f"c{i}", NET, "other"), view, NOW))
+    decided(allocator.release(release("c1"), view))
+    decided(allocator.delete_network("other", True, view))  # after its cursor moved
+    decided(allocator.create_network(network("other")))
+    decided(allocator.alloc(alloc("again", "other"), view, NOW))
+    decided(allocator.create_network(network("gone")))
+    decided(allocator.alloc(alloc("x", "gone"), view, NOW))
+    decided(allocator.delete_network("gone", True, view))  # a cursor that never lands
+    store.write(changes)
+
+    one_by_one, _ = open_store(tmp_path / "one_by_one")
+    for change in changes:
+        one_by_one.write([change])
+    assert list(store.db.iterator()) == list(one_by_one.db.iterator())
+    assert store.db.get(keys.cursor_key("other", 0)) is not None
+    assert store.db.get(keys.cursor_key("gone", 0)) is None
+    assert_pools_equal(allocator, store.load())
+    store.close()
+    one_by_one.close()
+
+
+def test_lease_keys_are_their_parts_joined() -> None:
+    """keys.lease_key encodes the joined text at once; the bytes are the joined parts'."""
+    for key in (
+        LeaseKey(NET, "c", ""),
+        LeaseKey("n-1.x", "C_9", "eth0"),
+        LeaseKey(NET, "c", "é€😀"),
+    ):
+        parts = key.container_id.encode() + keys.SEP + key.network.encode() + keys.SEP
+        assert keys.lease_key(key) == keys.LEASE + parts + key.ifname.encode()
+        assert keys.lease_key(key).startswith(
+            keys.attachments_prefix(key.container_id, key.network)
+        )
+        assert keys.decode_lease_key(keys.lease_key(key)) == key
