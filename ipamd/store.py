@@ -245,11 +245,15 @@ class Store:
         """Persist every change in one synced batch. Blocks; raises StorageError."""
         self.commit(self.prepare(changes))
 
-    def prepare(self, changes: list[Change]) -> plyvel.WriteBatch:
-        """Encode `changes` into a batch for `commit`; no I/O, so it runs on the
-        writer's own thread: encoding in the worker thread would hold the GIL
-        there and stall the event loop each time it wants it back."""
-        batch = self.db.write_batch(sync=True)
+    def prepare(
+        self, changes: list[Change], batch: plyvel.WriteBatch | None = None
+    ) -> plyvel.WriteBatch:
+        """Encode `changes` into a batch for `commit` (a new one, or `batch` to
+        add them after what it holds). No I/O, so it runs on the writer's own
+        thread: encoding in the worker thread would hold the GIL there and stall
+        the event loop each time it wants it back."""
+        if batch is None:
+            batch = self.db.write_batch(sync=True)
         _fill_batch(batch, changes)
         return batch
 

@@ -2,12 +2,15 @@
 in groups (LevelDB's `BuildBatchGroup`, in a trio task).
 
 Rules it keeps:
-- It is the only code that writes. Mutations arrive over a channel; the writer
-  blocks for the first, takes every other one already queued (up to
-  `max_batch`), decides each in order against its working state (the
-  allocator's pools plus a `PendingLeases` overlay of the store), writes ONE
-  synced batch in a worker thread (the one seam into threads), and only then
-  publishes the new `committed` snapshot and answers every waiter.
+- It is the only code that writes. Mutations arrive over a queue; the writer
+  task takes what is queued (up to `max_batch`), decides each in order against
+  its working state (the allocator's pools plus a `PendingLeases` overlay of
+  the store) and encodes the changes into the pending group's batch. A syncer
+  task writes that batch, synced, in a worker thread (the one seam into
+  threads), and only then publishes the group's `committed` snapshot and
+  answers its waiters. While one group is being written the next one grows:
+  everything decided meanwhile shares the next sync (LevelDB's group commit,
+  and the event loop never sits idle waiting for the disk).
 - Readers see `committed` and the store, never the working state: nothing they
   see was not synced.
 - A failed write fails the whole group with `storage_error`. The working state
@@ -19,8 +22,9 @@ Rules it keeps:
   fails leaves the database closed (reads get `unavailable`) and is retried
   with the next group; after REOPEN_GIVE_UP_S of that, or on corruption, the
   writer raises `WriterFailed` and the daemon exits for systemd to restart it.
-- On cancellation (shutdown) the batch in flight still completes and is
-  answered; everything queued after it gets `unavailable`.
+- On cancellation (shutdown) the groups in flight (being written, and
+  decided) still complete and are answered; everything still queued gets
+  `unavailable`.
 """
 
 from __future__ import annotations
@@ -103,24 +107,19 @@ class _Waiter:
             log.exception("answering %s failed", type(self.mutation).__name__)
 
 
-class _Decided:
-    """A group decided and encoded, waiting for its batch to be written and synced."""
+class _Group:
+    """Mutations decided and encoded, waiting for their batch to be written and
+    synced. It grows while the group before it is being written: everything
+    decided meanwhile goes into one batch and one sync."""
 
-    __slots__ = ("batch", "committed", "group", "outcomes", "view")
+    __slots__ = ("batch", "committed", "outcomes", "view", "waiters")
 
-    def __init__(
-        self,
-        group: list[_Waiter],
-        outcomes: list[tuple[Any, IpamError | None]],
-        batch: Any,
-        view: PendingLeases,
-        committed: dict[str, NetworkSnapshot],
-    ) -> None:
-        self.group = group
-        self.outcomes = outcomes
-        self.batch = batch  # None: nothing to write
+    def __init__(self, view: PendingLeases) -> None:
         self.view = view
-        self.committed = committed  # what readers may see once it is synced
+        self.waiters: list[_Waiter] = []
+        self.outcomes: list[tuple[Any, IpamError | None]] = []
+        self.batch: Any = None  # None: nothing to write
+        self.committed: dict[str, NetworkSnapshot] = {}  # what readers see once it is synced
 
 
 class Writer:
@@ -146,9 +145,12 @@ class Writer:
         self._accepting = True
         self._dirty = False  # a write failed: rebuild before the next decision
         self._failed_write: StorageError | None = None  # until the rebuild
-        # Groups decided and not yet synced, oldest first (at most two).
-        self._unsynced: collections.deque[_Decided] = collections.deque()
-        self._all_synced = trio.Event()
+        # At most two groups are in flight: one being written, one growing.
+        self._syncing: _Group | None = None
+        self._pending: _Group | None = None
+        self._deciding = True
+        self._wake_syncer = trio.Event()  # set when `_pending` gains mutations
+        self._synced = trio.Event()  # set each time the syncer finishes a group
         self._closed_since: float | None = None
         self.batches = 0
         self.mutations = 0
@@ -194,24 +196,19 @@ class Writer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        # Unbuffered: the decider hands a group over only once the syncer has
-        # finished the one before, so at most one group is written while the next
-        # is decided.
-        send_decided, receive_decided = trio.open_memory_channel[_Decided](0)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sync_loop, receive_decided)
-                # Closed synchronously: `async with` would checkpoint on the way out,
-                # where a shutdown's Cancelled could replace the error that got us there.
-                with send_decided:
+                nursery.start_soon(self._sync_loop)
+                try:
                     while True:
-                        group = await self._next_group()
-                        # Shielded: a group taken off the channel is decided, written
+                        mutations = await self._next_group()
+                        # Shielded: mutations taken off the queue are decided, written
                         # and answered even if shutdown cancels us now.
                         with trio.CancelScope(shield=True):
-                            decided = await self._decide_group(group)
-                            if decided is not None:
-                                await send_decided.send(decided)
+                            await self._decide_group(mutations)
+                finally:
+                    self._deciding = False  # the syncer writes what is left, then ends
+                    self._wake_syncer.set()
         finally:
             self._refuse_queued()
 
@@ -231,96 +228,113 @@ class Writer:
 
     # -- deciding (the writer task) -------------------------------------------------
 
-    async def _decide_group(self, group: list[_Waiter]) -> _Decided | None:
-        """Decide every mutation of `group` in order and encode its batch; None
-        when the group was answered already (it failed as a whole)."""
+    async def _decide_group(self, mutations: list[_Waiter]) -> None:
+        """Decide `mutations` in order into the pending group and encode their
+        changes into its batch; or answer them all at once when that fails."""
         if self._dirty:
             try:
                 await self._recover()
             except StorageError as e:
-                for waiter in group:
+                for waiter in mutations:
                     waiter.answer(error=e)
-                return None
+                return
             except WriterFailed:
-                for waiter in group:
+                for waiter in mutations:
                     waiter.answer(error=Unavailable("the database could not be reopened"))
                 raise
-        # Decisions see the groups decided before, written or not.
-        view = PendingLeases(self._unsynced[-1].view if self._unsynced else self.store)
+        # Bounded: past max_batch, wait for the syncer to take the pending group.
+        await self._wait_until(lambda: len(self._pending_waiters()) < self.max_batch)
+        group = self._pending
+        if group is None:
+            # Decisions see the group being written, whose changes are not on disk yet.
+            syncing = self._syncing
+            group = _Group(PendingLeases(syncing.view if syncing else self.store))
         now = int(self.clock())
         changes: list[Change] = []
         outcomes: list[tuple[Any, IpamError | None]] = []
-        for waiter in group:
+        for waiter in mutations:
             try:
-                result, decided = self._decide(waiter.mutation, view, now)
+                result, decided = self._decide(waiter.mutation, group.view, now)
             except IpamError as e:
                 outcomes.append((None, e))
             except Exception:
                 # A bug or an unreadable lease: the working state can no longer be
-                # trusted. Fail the group, write nothing, rebuild before the next
-                # (once the groups decided before this one are written).
+                # trusted. Fail these mutations, write none of them, rebuild before
+                # the next (once what was decided before them is written).
                 log.exception("deciding %s failed", type(waiter.mutation).__name__)
                 internal = Unavailable("internal error while deciding; nothing was changed")
-                for answered in group:
+                for answered in mutations:
                     answered.answer(error=internal)
                 self._dirty = True
-                return None
+                return
             else:
                 outcomes.append((result, None))
                 changes += decided
-        # Encoded here, not in the worker thread: see Store.prepare.
-        batch = self.store.prepare(changes) if changes else None
-        decided_group = _Decided(group, outcomes, batch, view, snapshot(self.allocator))
-        self._unsynced.append(decided_group)
-        return decided_group
+        if changes:  # encoded here, not in the worker thread: see Store.prepare
+            group.batch = self.store.prepare(changes, group.batch)
+        group.waiters += mutations
+        group.outcomes += outcomes
+        group.committed = snapshot(self.allocator)
+        self._pending = group
+        self._wake_syncer.set()
+
+    def _pending_waiters(self) -> list[_Waiter]:
+        return self._pending.waiters if self._pending is not None else []
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        """Until `condition()` holds, checked each time the syncer finishes a group."""
+        while not condition():
+            self._synced = trio.Event()
+            await self._synced.wait()
 
     # -- writing (the syncer task) ----------------------------------------------------
 
-    async def _sync_loop(self, decided_groups: trio.MemoryReceiveChannel[_Decided]) -> None:
-        # Shielded: it ends when the decider closes the channel, so every group
-        # handed over is written and answered, shutdown or not.
+    async def _sync_loop(self) -> None:
+        # Shielded: it ends once the writer task has stopped deciding and every
+        # group is written and answered, shutdown or not.
         with trio.CancelScope(shield=True):
-            async for decided in decided_groups:
+            while True:
+                group = self._pending
+                if group is None:
+                    if not self._deciding:
+                        return
+                    self._wake_syncer = trio.Event()
+                    await self._wake_syncer.wait()
+                    continue
+                self._pending, self._syncing = None, group
                 try:
-                    await self._sync(decided)
+                    await self._sync(group)
                 finally:
-                    self._unsynced.popleft()
-                    if self._unsynced:
-                        # Written (or failed): the next group's view need not look
-                        # through this one any longer.
-                        self._unsynced[0].view.base = self.store
-                    else:
-                        self._all_synced.set()
+                    self._syncing = None
+                    if self._pending is not None:
+                        # Written (or failed): the next group need not look through it.
+                        self._pending.view.base = self.store
+                    self._synced.set()
 
-    async def _sync(self, decided: _Decided) -> None:
-        group = decided.group
+    async def _sync(self, group: _Group) -> None:
+        waiters = group.waiters
         if self._failed_write is not None:
             # Decided on top of a write that failed: it never happened either.
-            for waiter in group:
+            for waiter in waiters:
                 waiter.answer(error=self._failed_write)
             return
-        if decided.batch is not None:
+        if group.batch is not None:
             try:
-                await trio.to_thread.run_sync(self.store.commit, decided.batch)
+                await trio.to_thread.run_sync(self.store.commit, group.batch)
             except StorageError as e:
                 self.failed_writes += 1
-                log.error("write of %d mutation(s) failed: %s", len(group), e)
+                log.error("write of %d mutation(s) failed: %s", len(waiters), e)
                 self._failed_write = e
                 self._dirty = True
-                for waiter in group:
+                for waiter in waiters:
                     waiter.answer(error=e)
                 return
         # No checkpoint from here on: publish and answer atomically for readers.
         self.batches += 1
-        self.mutations += len(group)
-        self.committed = decided.committed
-        for waiter, (result, error) in zip(group, decided.outcomes, strict=True):
+        self.mutations += len(waiters)
+        self.committed = group.committed
+        for waiter, (result, error) in zip(waiters, group.outcomes, strict=True):
             waiter.answer(result, error)
-
-    async def _wait_all_synced(self) -> None:
-        while self._unsynced:
-            self._all_synced = trio.Event()
-            await self._all_synced.wait()
 
     async def _recover(self) -> None:
         """Drop the dirty working state and rebuild it from what is on disk.
@@ -328,7 +342,9 @@ class Writer:
         Raises StorageError when it cannot yet (the group fails, the next one
         tries again), WriterFailed when it never will.
         """
-        await self._wait_all_synced()  # nothing may be written while we reopen
+        # Nothing may be written while we reopen: let the syncer finish (or fail)
+        # every group decided before.
+        await self._wait_until(lambda: self._pending is None and self._syncing is None)
         self._failed_write = None
         if self.store.is_open:
             room = self.store.room_to_reopen()

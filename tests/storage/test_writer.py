@@ -268,7 +268,8 @@ async def test_a_reopen_failing_for_too_long_stops_the_writer(
 async def test_shutdown_answers_the_groups_in_flight_and_refuses_the_rest(
     state_dir: Path,
 ) -> None:
-    """In flight: the group being written and the one decided meanwhile."""
+    """In flight: the group being written and the one decided meanwhile; what
+    is queued once shutdown has begun is refused."""
     writer = flaky_writer(state_dir)
     store = flaky(writer)
     outcomes: dict[str, Any] = {}
@@ -286,10 +287,9 @@ async def test_shutdown_answers_the_groups_in_flight_and_refuses_the_rest(
         for i in range(3):
             clients.start_soon(client, f"decided{i}")
         await trio.testing.wait_all_tasks_blocked()  # decided, waiting for the write
-        for i in range(5):
-            clients.start_soon(client, f"queued{i}")
-        await trio.testing.wait_all_tasks_blocked()
         writer_nursery.cancel_scope.cancel()  # shutdown, with the write in its thread
+        for i in range(5):  # they run (and submit) only once shutdown has begun
+            clients.start_soon(client, f"queued{i}")
         store.write_may_finish.set()
 
     assert addresses_of(outcomes.pop("in-flight")) == ("10.88.0.1",)
