@@ -409,15 +409,8 @@ class Connection:
     def _reply(self, msgid: int, error: IpamError | None, result: Any) -> None:
         data = self.rpc.send_response(msgid, error, result)
         if not self.outbox:
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as e:
-                log.debug("send to %s failed: %s", self.peer, e.strerror)
-                self.close()
-                return
-            if sent == len(data):
+            sent = self._write(data)
+            if sent is None or sent == len(data):
                 return
             data = data[sent:]
             self.stuck_since = time.monotonic()
@@ -430,13 +423,8 @@ class Connection:
             self._settle()
             return
         data = b"".join(self.outbox)
-        try:
-            sent = os.write(self.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as e:
-            log.debug("send to %s failed: %s", self.peer, e.strerror)
-            self.close()
+        sent = self._write(data)
+        if sent is None:
             return
         if sent:
             self.stuck_since = time.monotonic()
@@ -447,6 +435,18 @@ class Connection:
             if self.buffered:
                 self.server.wake(self)  # requests held back by the high water mark
         self._settle()
+
+    def _write(self, data: bytes) -> int | None:
+        """Bytes of `data` the socket took, without blocking; None once the
+        connection is closed because the client is gone."""
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as e:
+            log.debug("send to %s failed: %s", self.peer, e.strerror)
+            self.close()
+            return None
 
     # -- ending --------------------------------------------------------------------------
 
