@@ -381,19 +381,19 @@ async def test_a_failed_write_fails_the_group_decided_on_top_of_it(state_dir: Pa
     async def client(name: str, mutation: Mutation) -> None:
         outcomes[name] = await outcome(writer, mutation)
 
-    async with trio.open_nursery() as clients, trio.open_nursery() as writer_nursery:
+    async with trio.open_nursery() as writer_nursery:
         await writer_nursery.start(writer.run)
         await writer.submit(create(network()))
         before = writer.committed
         store.write_started.clear()
         store.write_may_finish.clear()
         store.failing_writes = 1
-        clients.start_soon(client, "failed", alloc("a"))
-        await trio.to_thread.run_sync(store.write_started.wait)
-        clients.start_soon(client, "on top", alloc("b"))
-        await trio.testing.wait_all_tasks_blocked()
-        store.write_may_finish.set()
-        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as clients:  # until both are answered
+            clients.start_soon(client, "failed", alloc("a"))
+            await trio.to_thread.run_sync(store.write_started.wait)
+            clients.start_soon(client, "on top", alloc("b"))
+            await trio.testing.wait_all_tasks_blocked()
+            store.write_may_finish.set()
         assert writer.committed == before
         # Rebuilt from disk before the next decision: `a` and `b` never happened.
         assert addresses_of(await writer.submit(alloc("c"))) == ("10.88.0.1",)
