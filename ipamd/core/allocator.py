@@ -102,17 +102,39 @@ class SubnetPool:
         if self._in_range(offset):
             self.free_in_range += 1
 
+    def _search_start(self) -> int:
+        """Where rule 1's search begins: just after the cursor, if that is in range."""
+        first, last = self.subnet.lease_range
+        cursor = self.cursor
+        if cursor is not None and first <= cursor + 1 <= last:
+            return cursor + 1
+        return first
+
     def next_dynamic(self) -> int:
         """The offset rule 1 picks, without taking it."""
         first, last = self.subnet.lease_range
-        start = first
-        if self.cursor is not None and first <= self.cursor + 1 <= last:
-            start = self.cursor + 1
+        start = self._search_start()
         found = self.free.first_free_at_or_after(start, last)
         if found is None and start > first:
             found = self.free.first_free_at_or_after(first, start - 1)
         if found is None:
             raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
+        return found
+
+    def take_next_dynamic(self) -> int:
+        """`take(next_dynamic())`, searching the index once: every dynamic alloc does it.
+        Moves the cursor too; the caller records the old one to undo."""
+        first, last = self.subnet.lease_range
+        start = self._search_start()
+        found = self.free.take_first_at_or_after(start, last)
+        if found is None and start > first:
+            found = self.free.take_first_at_or_after(first, start - 1)
+        if found is None:
+            raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
+        # Within the lease range by construction.
+        self.used += 1
+        self.free_in_range -= 1
+        self.cursor = found
         return found
 
     def stats(self) -> SubnetStats:
@@ -240,12 +262,12 @@ class Allocator:
                         f" {holder.container_id if holder else '(unknown)'}"
                     )
                 address = static
+                subnet_pool.take(offset)
             else:
-                offset = subnet_pool.next_dynamic()
+                previous = subnet_pool.cursor
+                offset = subnet_pool.take_next_dynamic()
                 address = subnet.address_at(offset)
-                changes.append(SetCursor(network.name, index, address, subnet_pool.cursor))
-                subnet_pool.cursor = offset
-            subnet_pool.take(offset)
+                changes.append(SetCursor(network.name, index, address, previous))
             taken.append((subnet_pool, offset))
             addresses.append(address)
         return tuple(addresses)

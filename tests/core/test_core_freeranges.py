@@ -105,6 +105,7 @@ def operations(draw: st.DrawFn, universe: st.SearchStrategy[tuple[int, int]]) ->
         st.tuples(st.just("give"), address),
         st.tuples(st.just("take_range"), address, st.integers(-3, 48)),
         st.tuples(st.just("query"), address, st.integers(-3, 48)),
+        st.tuples(st.just("take_first"), address, st.integers(-3, 48)),
     )
     return low, high, draw(st.lists(op, max_size=60))
 
@@ -133,6 +134,12 @@ def run_operations(low: int, high: int, ops: list[Op]) -> None:
             last = address + op[2]
             index.take_range(address, last)
             model.used |= set(range(max(address, low), min(last, high) + 1))
+        elif name == "take_first":
+            limit = address + op[2]
+            expected = model.first_free_at_or_after(address, limit)
+            assert index.take_first_at_or_after(address, limit) == expected
+            if expected is not None:
+                model.used.add(expected)
         else:
             limit = address + op[2]
             assert index.is_free(address) == model.is_free(address)
@@ -216,6 +223,51 @@ def test_give_merges_left_right_both_and_none() -> None:
     lonely = FreeRanges.from_used(0, 9, [3, 4, 5])
     lonely.give(4)  # joins neither
     assert runs(lonely) == [(0, 2), (4, 4), (6, 9)]
+
+
+def test_runs_of_one_address() -> None:
+    index = FreeRanges.from_used(0, 9, [1, 3, 5])
+    assert runs(index) == [(0, 0), (2, 2), (4, 4), (6, 9)]
+    assert index.take_first_at_or_after(1, 9) == 2  # a run of one, taken whole
+    assert runs(index) == [(0, 0), (4, 4), (6, 9)]
+    index.take(4)
+    assert runs(index) == [(0, 0), (6, 9)]
+    index.give(2)  # a new run of one, between used neighbours
+    assert runs(index) == [(0, 0), (2, 2), (6, 9)]
+    index.give(1)  # joins two runs of one
+    assert runs(index) == [(0, 2), (6, 9)]
+
+
+def test_taking_the_first_and_last_address_of_a_run() -> None:
+    index = FreeRanges.from_used(0, 20, [5, 15])
+    assert runs(index) == [(0, 4), (6, 14), (16, 20)]
+    assert index.take_first_at_or_after(6, 20) == 6  # the first: the run keeps its end
+    index.take(14)  # the last: the run gets a new end
+    assert runs(index) == [(0, 4), (7, 13), (16, 20)]
+    assert index.take_first_at_or_after(14, 20) == 16  # past a hole, into the next run
+    assert index.take_first_at_or_after(21, 30) is None
+    assert index.take_first_at_or_after(17, 16) is None  # an empty span takes nothing
+    assert runs(index) == [(0, 4), (7, 13), (17, 20)]
+
+
+def test_a_stale_hint_never_answers() -> None:
+    index = FreeRanges(0, 9)
+    assert index.first_free_at_or_after(0, 9) == 0  # remembers the run ending at 9
+    index.take(9)  # that run now ends at 8; nothing ends at 9
+    index.take(8)
+    index.give(9)  # a run of one ends at 9 again, but does not hold 0
+    assert runs(index) == [(0, 7), (9, 9)]
+    assert index.first_free_at_or_after(0, 9) == 0
+    assert index.is_free(9) and not index.is_free(8)
+    assert index.take_first_at_or_after(8, 9) == 9
+
+
+def test_first_free_wraps_to_the_start_of_the_lease_range() -> None:
+    """Rule 1's wrap-around, at the index level: after the cursor first, then from the start."""
+    index = FreeRanges.from_used(1, 14, [2, 12, 13, 14])
+    assert index.take_first_at_or_after(12, 14) is None
+    assert index.take_first_at_or_after(1, 11) == 1
+    assert index.take_first_at_or_after(1, 11) == 3
 
 
 def test_take_range_clips_and_spans_runs() -> None:
