@@ -8,7 +8,6 @@ form needs the network (for prefix lengths and gateways), so rendering takes the
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ipamd.core.network import IPAddress, Network
@@ -75,12 +74,20 @@ class LeaseKey(NamedTuple):
         return f"{self.container_id}{suffix} on network {self.network}"
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
+    """One attachment's addresses. A NamedTuple, as LeaseKey and for the same
+    reason: every alloc builds one and every lease read decodes one, and a
+    frozen dataclass's __init__ costs twice a tuple's. Leases are values: the
+    shared default `attributes` map, like every lease's, is never mutated."""
+
     key: LeaseKey
     addresses: tuple[IPAddress, ...]
     created: int
-    attributes: dict[str, str] = field(default_factory=dict, hash=False)
+    attributes: dict[str, str] = {}  # noqa: RUF012 -- never mutated, see above
+
+    def __hash__(self) -> int:
+        # As the dataclass hashed: without the (unhashable) attributes.
+        return hash((self.key, self.addresses, self.created))
 
     def ips_to_wire(self, network: Network) -> list[dict[str, Any]]:
         ips: list[dict[str, Any]] = []
