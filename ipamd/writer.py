@@ -384,8 +384,9 @@ class Writer:
         allocator = self.allocator
         if isinstance(mutation, AllocRequest):
             leases, changes = allocator.alloc(mutation, view, now)
+            pools = allocator.pools  # every network in `leases` has one: alloc just used it
             networks = {
-                name: {"ifname": lease.key.ifname, "ips": self._ips(lease)}
+                name: {"ifname": lease.key.ifname, "ips": lease.ips_to_wire(pools[name].network)}
                 for name, lease in leases.items()
             }
             return {"container_id": mutation.container_id, "networks": networks}, changes

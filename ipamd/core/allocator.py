@@ -142,11 +142,12 @@ class SubnetPool:
 
 
 class NetworkPool:
-    __slots__ = ("network", "subnets")
+    __slots__ = ("allocates", "network", "subnets")
 
     def __init__(self, network: Network, subnets: list[SubnetPool] | None = None) -> None:
         self.network = network
         self.subnets = subnets if subnets is not None else [SubnetPool(s) for s in network.subnets]
+        self.allocates = network.allocates  # asked by every alloc; the network is frozen
 
 
 class Allocator:
@@ -204,10 +205,13 @@ class Allocator:
                     _check_retry(existing, attachment)
                     leases[name] = existing
                     continue
-                if not pool.network.allocates:
+                if not pool.allocates:
                     leases[name] = Lease(key, (), now)  # the seed's requiresIPAMAlloc: nothing
                     continue
-                addresses = self._pick(pool, key, attachment, view, taken, changes)
+                if attachment.static_ips:
+                    addresses = self._pick(pool, key, attachment, view, taken, changes)
+                else:
+                    addresses = _pick_dynamic(pool, taken, changes)
                 lease = Lease(key, addresses, now, attachment.attributes or {})
                 leases[name] = lease
                 changes.append(PutLease(lease))
@@ -261,15 +265,11 @@ class Allocator:
                         f"requested ip address {static} is already allocated to container ID"
                         f" {holder.container_id if holder else '(unknown)'}"
                     )
-                address = static
                 subnet_pool.take(offset)
+                taken.append((subnet_pool, offset))
+                addresses.append(static)
             else:
-                previous = subnet_pool.cursor
-                offset = subnet_pool.take_next_dynamic()
-                address = subnet.address_at(offset)
-                changes.append(SetCursor(network.name, index, address, previous))
-            taken.append((subnet_pool, offset))
-            addresses.append(address)
+                addresses.append(_take_dynamic(network.name, index, subnet_pool, taken, changes))
         return tuple(addresses)
 
     # -- release and gc --------------------------------------------------
@@ -326,6 +326,36 @@ class Allocator:
         change = DeleteLease(lease, owned)
         view.apply(change)
         return change
+
+
+def _pick_dynamic(
+    pool: NetworkPool, taken: list[tuple[SubnetPool, int]], changes: list[Change]
+) -> tuple[IPAddress, ...]:
+    """`Allocator._pick` without static addresses (the usual request): the next
+    dynamic address in every subnet, noting what to undo in `taken` and `changes`."""
+    name = pool.network.name
+    return tuple(
+        [
+            _take_dynamic(name, index, subnet_pool, taken, changes)
+            for index, subnet_pool in enumerate(pool.subnets)
+        ]
+    )
+
+
+def _take_dynamic(
+    network: str,
+    index: int,
+    subnet_pool: SubnetPool,
+    taken: list[tuple[SubnetPool, int]],
+    changes: list[Change],
+) -> IPAddress:
+    """Take the subnet's next dynamic address and move its cursor, noting both to undo."""
+    previous = subnet_pool.cursor
+    offset = subnet_pool.take_next_dynamic()
+    taken.append((subnet_pool, offset))
+    address = subnet_pool.subnet.address_at(offset)
+    changes.append(SetCursor(network, index, address, previous))
+    return address
 
 
 def _check_retry(existing: Lease, attachment: Attachment) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from ipamd.errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPv4Address = ipaddress.IPv4Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -48,12 +49,16 @@ def parse_address(value: Any, what: str) -> IPAddress:
         raise InvalidRequest(f"{what} {value!r} is not a valid IP address") from None
 
 
+# The text of each byte value: looking it up takes half the time of formatting it.
+_OCTET = tuple(str(byte) for byte in range(256))
+
+
 def address_text(address: IPAddress) -> str:
     """`str(address)`, at half the cost for IPv4: every reply and every stored
     lease spells its addresses out, and `ipaddress` takes four calls to."""
-    if isinstance(address, ipaddress.IPv4Address):
+    if type(address) is IPv4Address:  # (a subclass takes the general path: same text)
         n = int(address)
-        return f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+        return f"{_OCTET[n >> 24]}.{_OCTET[n >> 16 & 255]}.{_OCTET[n >> 8 & 255]}.{_OCTET[n & 255]}"
     return str(address)
 
 
