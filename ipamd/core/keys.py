@@ -29,6 +29,7 @@ from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import (
     IPAddress,
     IPNetwork,
+    IPv4Address,
     Network,
     address_from_text,
     address_text,
@@ -135,6 +136,8 @@ _VERSION_BYTE = {4: b"\x04", 6: b"\x06"}
 
 
 def reverse_key(network: str, address: IPAddress) -> bytes:
+    if type(address) is IPv4Address:  # every v4 alloc: one encode, no `ipaddress` properties
+        return f"R{network}\0\x04".encode() + int(address).to_bytes(4, "big")
     return reverse_network_prefix(network) + _VERSION_BYTE[address.version] + address.packed
 
 
