@@ -334,12 +334,10 @@ def _pick_dynamic(
     """`Allocator._pick` without static addresses (the usual request): the next
     dynamic address in every subnet, noting what to undo in `taken` and `changes`."""
     name = pool.network.name
-    return tuple(
-        [
-            _take_dynamic(name, index, subnet_pool, taken, changes)
-            for index, subnet_pool in enumerate(pool.subnets)
-        ]
-    )
+    addresses: list[IPAddress] = []
+    for index, subnet_pool in enumerate(pool.subnets):
+        addresses.append(_take_dynamic(name, index, subnet_pool, taken, changes))
+    return tuple(addresses)
 
 
 def _take_dynamic(
