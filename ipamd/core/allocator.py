@@ -110,6 +110,13 @@ class SubnetPool:
             return cursor + 1
         return first
 
+    def give_if_taken(self, offset: int) -> None:
+        """`give(offset)` unless it is free already (one search of the index, not two)."""
+        if self.free.give_if_used(offset):
+            self.used -= 1
+            if self._in_range(offset):
+                self.free_in_range += 1
+
     def next_dynamic(self) -> int:
         """The offset rule 1 picks, without taking it."""
         first, last = self.subnet.lease_range
@@ -320,9 +327,7 @@ class Allocator:
                 if index is None:
                     continue
                 subnet_pool = pool.subnets[index]
-                offset = subnet_pool.subnet.offset(address)
-                if not subnet_pool.free.is_free(offset):
-                    subnet_pool.give(offset)
+                subnet_pool.give_if_taken(subnet_pool.subnet.offset(address))
         change = DeleteLease(lease, owned)
         view.apply(change)
         return change

@@ -146,11 +146,17 @@ class FreeRanges:
 
     def give(self, address: int) -> None:
         """Mark one used address free again. REQUIRES: not is_free(address), in bounds."""
+        if not self.give_if_used(address):
+            raise ValueError(f"address offset {address} is already free")
+
+    def give_if_used(self, address: int) -> bool:
+        """`give(address)` if it is used, with one search; False if it is free already.
+        REQUIRES: in bounds."""
         if address < self.low or address > self.high:
             raise ValueError(f"address offset {address} is outside [{self.low}, {self.high}]")
         right = self._first_run_ending_at_or_after(address)
         if right is not None and right[0] <= address:
-            raise ValueError(f"address offset {address} is already free")
+            return False
         runs = self._runs
         left_start = runs.pop(address - 1, None)  # a run ending just before
         start = address if left_start is None else left_start
@@ -158,6 +164,7 @@ class FreeRanges:
             runs[right[1]] = start  # joins the run after: its key stays
         else:
             runs[address] = start
+        return True
 
     def count_free(self, first: int, last: int) -> int:
         """How many free addresses lie in `[first, last]`. O(runs in that span)."""

@@ -106,6 +106,7 @@ def operations(draw: st.DrawFn, universe: st.SearchStrategy[tuple[int, int]]) ->
         st.tuples(st.just("take_range"), address, st.integers(-3, 48)),
         st.tuples(st.just("query"), address, st.integers(-3, 48)),
         st.tuples(st.just("take_first"), address, st.integers(-3, 48)),
+        st.tuples(st.just("give_if_used"), address),
     )
     return low, high, draw(st.lists(op, max_size=60))
 
@@ -134,6 +135,13 @@ def run_operations(low: int, high: int, ops: list[Op]) -> None:
             last = address + op[2]
             index.take_range(address, last)
             model.used |= set(range(max(address, low), min(last, high) + 1))
+        elif name == "give_if_used":
+            if model.in_bounds(address):
+                assert index.give_if_used(address) == (address in model.used)
+                model.used.discard(address)
+            else:
+                with pytest.raises(ValueError):
+                    index.give_if_used(address)
         elif name == "take_first":
             limit = address + op[2]
             expected = model.first_free_at_or_after(address, limit)
