@@ -39,7 +39,6 @@ from typing import Any
 import trio
 
 from ipamd.core.allocator import Allocator, SubnetStats
-from ipamd.core.lease import Lease
 from ipamd.core.network import IPAddress, Network, address_text
 from ipamd.core.requests import (
     AllocRequest,
@@ -409,5 +408,3 @@ class Writer:
     def _released(released: dict[str, list[IPAddress]]) -> dict[str, list[str]]:
         return {name: [address_text(a) for a in addresses] for name, addresses in released.items()}
 
-    def _ips(self, lease: Lease) -> list[dict[str, Any]]:
-        return lease.ips_to_wire(self.allocator.pool(lease.key.network).network)
