@@ -407,4 +407,3 @@ class Writer:
     @staticmethod
     def _released(released: dict[str, list[IPAddress]]) -> dict[str, list[str]]:
         return {name: [address_text(a) for a in addresses] for name, addresses in released.items()}
-
