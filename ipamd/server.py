@@ -3,19 +3,19 @@
 Why one loop and not one trio task per connection: a closed-loop client's next
 request is rarely there when its task asks, so every request cost a trio wait
 (an epoll registration and an unregistration, two syscalls), a task switch and
-a cancel-scope deadline: about 23 µs of the 30 µs a bare trio echo server
-spends per request, measured with benchmarks/bench_daemon.py. Here every
-connection is registered once in a private, level-triggered epoll set; one
-trio task (the poller) waits for that set to become readable and then serves
-every ready connection in one round, at about 5 µs of I/O per request.
+a cancel-scope deadline. benchmarks/bench_daemon.py measures a bare trio echo
+server built that way at about 23 µs of CPU per request, and the same echo
+built this way at about 7. Here every connection is registered once in a
+private, level-triggered epoll set; one trio task (the poller) waits for that
+set to become readable and then serves every ready connection in one round.
 
 Rules it keeps:
 - A connection is a thin driver around a sans-IO `RpcConnection`: bytes in,
   events out. Every round reads at most once from each ready connection and
   serves at most EVENTS_PER_TURN of its mutations or one read, so one client's
-  pipelined burst cannot stall the others; what is left is served in the next rounds. The
-  poller yields to trio after every round, so the writer, the acceptor and the
-  sweeper always get their turn.
+  pipelined burst cannot stall the others; the rest waits for later rounds.
+  The poller yields to trio after every round, so the writer, the acceptor and
+  the sweeper always get their turn.
 - Reads are answered inline, in order; mutations are queued to the writer (at
   most `max_in_flight` per connection: beyond that the connection stops
   reading, which pushes back on the client) and are answered by msgid from the
