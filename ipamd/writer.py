@@ -242,7 +242,9 @@ class Writer:
                     waiter.answer(error=Unavailable("the database could not be reopened"))
                 raise
         # Bounded: past max_batch, wait for the syncer to take the pending group.
-        await self._wait_until(lambda: len(self._pending_waiters()) < self.max_batch)
+        await self._wait_until(
+            lambda: self._pending is None or len(self._pending.waiters) < self.max_batch
+        )
         group = self._pending
         if group is None:
             # Decisions see the group being written, whose changes are not on disk yet.
@@ -276,9 +278,6 @@ class Writer:
         group.committed = snapshot(self.allocator)
         self._pending = group
         self._wake_syncer.set()
-
-    def _pending_waiters(self) -> list[_Waiter]:
-        return self._pending.waiters if self._pending is not None else []
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         """Until `condition()` holds, checked each time the syncer finishes a group."""

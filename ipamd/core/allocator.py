@@ -18,7 +18,7 @@ Rules this module keeps (from the seed, then better):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,14 +102,6 @@ class SubnetPool:
         if self._in_range(offset):
             self.free_in_range += 1
 
-    def _search_start(self) -> int:
-        """Where rule 1's search begins: just after the cursor, if that is in range."""
-        first, last = self.subnet.lease_range
-        cursor = self.cursor
-        if cursor is not None and first <= cursor + 1 <= last:
-            return cursor + 1
-        return first
-
     def give_if_taken(self, offset: int) -> None:
         """`give(offset)` unless it is free already (one search of the index, not two)."""
         if self.free.give_if_used(offset):
@@ -119,29 +111,29 @@ class SubnetPool:
 
     def next_dynamic(self) -> int:
         """The offset rule 1 picks, without taking it."""
-        first, last = self.subnet.lease_range
-        start = self._search_start()
-        found = self.free.first_free_at_or_after(start, last)
-        if found is None and start > first:
-            found = self.free.first_free_at_or_after(first, start - 1)
-        if found is None:
-            raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
-        return found
+        return self._find_dynamic(self.free.first_free_at_or_after)
 
     def take_next_dynamic(self) -> int:
         """`take(next_dynamic())`, searching the index once: every dynamic alloc does it.
         Moves the cursor too; the caller records the old one to undo."""
-        first, last = self.subnet.lease_range
-        start = self._search_start()
-        found = self.free.take_first_at_or_after(start, last)
-        if found is None and start > first:
-            found = self.free.take_first_at_or_after(first, start - 1)
-        if found is None:
-            raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
+        found = self._find_dynamic(self.free.take_first_at_or_after)
         # Within the lease range by construction.
         self.used += 1
         self.free_in_range -= 1
         self.cursor = found
+        return found
+
+    def _find_dynamic(self, search: Callable[[int, int], int | None]) -> int:
+        """Rule 1 with `search(lo, hi)`: the first free offset strictly after the
+        cursor (if that is in range), wrapping once to the lease range start."""
+        first, last = self.subnet.lease_range
+        cursor = self.cursor
+        start = cursor + 1 if cursor is not None and first <= cursor + 1 <= last else first
+        found = search(start, last)
+        if found is None and start > first:
+            found = search(first, start - 1)
+        if found is None:
+            raise RangeExhausted(f"failed to find free IP in range: {self.subnet.range_text}")
         return found
 
     def stats(self) -> SubnetStats:
