@@ -11,7 +11,8 @@ Rules it keeps:
 - It is a `LeaseView` for the allocator and the readers. Reads are point gets
   and bounded scans, served from LevelDB's memtable and block cache in
   microseconds, so callers make them inline; `open`, `load` and `write` block
-  for long and are called from a worker thread (writer.py is that one seam).
+  for long and are called from a worker thread (the writer's committer for
+  `commit`).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ class Store:
     ) -> plyvel.WriteBatch:
         """Encode `changes` into a batch for `commit` (a new one, or `batch` to
         add them after what it holds). No I/O, so it runs on the writer's own
-        thread: encoding in the worker thread would hold the GIL there and stall
+        thread: encoding in the committer's thread would hold the GIL there and stall
         the event loop each time it wants it back."""
         if batch is None:
             batch = self.db.write_batch(sync=True)

@@ -6,9 +6,9 @@ Rules it keeps:
   task takes what is queued (up to `max_batch`), decides each in order against
   its working state (the allocator's pools plus a `PendingLeases` overlay of
   the store) and encodes the changes into the pending group's batch. A syncer
-  task writes that batch, synced, in a worker thread (the one seam into
-  threads), and only then publishes the group's `committed` snapshot and
-  answers its waiters. While one group is being written the next one grows:
+  task writes that batch, synced, in the committer's thread (the one seam
+  into threads, see committer.py), and only then publishes the group's
+  `committed` snapshot and answers its waiters. While one group is being written the next one grows:
   everything decided meanwhile shares the next sync (LevelDB's group commit,
   and the event loop never sits idle waiting for the disk).
 - Readers see `committed` and the store, never the working state: nothing they
@@ -38,6 +38,7 @@ from typing import Any
 
 import trio
 
+from ipamd.committer import Committer
 from ipamd.core.allocator import Allocator, SubnetStats
 from ipamd.core.network import IPAddress, Network, address_text
 from ipamd.core.requests import (
@@ -150,6 +151,7 @@ class Writer:
         self._deciding = True
         self._wake_syncer = trio.Event()  # set when `_pending` gains mutations
         self._synced = trio.Event()  # set each time the syncer finishes a group
+        self._committer: Committer | None = None  # while `run` runs
         self._closed_since: float | None = None
         self.batches = 0
         self.mutations = 0
@@ -194,6 +196,7 @@ class Writer:
     # -- the writer task -----------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._committer = Committer(self.store.commit)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -210,6 +213,8 @@ class Writer:
                     self._wake_syncer.set()
         finally:
             self._refuse_queued()
+            self._committer.close()
+            self._committer = None
 
     async def _next_group(self) -> list[_Waiter]:
         """Everything queued, up to max_batch, once there is something."""
@@ -271,7 +276,7 @@ class Writer:
             else:
                 outcomes.append((result, None))
                 changes += decided
-        if changes:  # encoded here, not in the worker thread: see Store.prepare
+        if changes:  # encoded here, not in the committer's thread: see Store.prepare
             group.batch = self.store.prepare(changes, group.batch)
         group.waiters += mutations
         group.outcomes += outcomes
@@ -318,7 +323,8 @@ class Writer:
             return
         if group.batch is not None:
             try:
-                await trio.to_thread.run_sync(self.store.commit, group.batch)
+                assert self._committer is not None  # the syncer runs inside `run`
+                await self._committer.commit(group.batch)
             except StorageError as e:
                 self.failed_writes += 1
                 log.error("write of %d mutation(s) failed: %s", len(waiters), e)
