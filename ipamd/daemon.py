@@ -141,6 +141,7 @@ async def run_daemon(config: Config, listening: socket.socket) -> None:
                     writer_done.set()
 
             await nursery.start(run_writer)
+            nursery.start_soon(service.mutation_log.run)
             await ensure_networks(writer, config)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(listening))

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import time
+from collections.abc import Iterator
 
+import pytest
+import trio
+import trio.testing
+
+from ipamd.mutation_log import LOGGER_NAME, MutationLog
 from tests.support import Daemon, RpcError
 
 
@@ -35,3 +43,46 @@ def test_each_mutation_is_logged_with_its_caller(daemon: Daemon) -> None:
     exhausted = wait_for_line(daemon, "alloc container_id=third")
     assert f"{me}: range_exhausted: failed to find free IP in range" in exhausted
     assert "get container_id" not in daemon.log()
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.fixture
+def info_logged() -> Iterator[None]:
+    logger = logging.getLogger(LOGGER_NAME)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.usefixtures("info_logged")
+async def test_a_burst_of_lines_is_written_once_the_burst_is_done() -> None:
+    stream = CountingStream()
+    mutation_log = MutationLog(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mutation_log.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for n in range(3):  # one burst: no checkpoint in between
+            mutation_log.record("alloc", f"container_id=c{n}", "pid=1 uid=0", "ok")
+        assert stream.getvalue() == ""  # not yet: the burst may go on
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [
+            f"INFO ipamd.mutations: alloc container_id=c{n} by pid=1 uid=0: ok" for n in range(3)
+        ]
+        mutation_log.record("release", "container_id=c0", "pid=1 uid=0", "ok")
+        await trio.testing.wait_all_tasks_blocked()
+        assert stream.writes == 2
+        nursery.cancel_scope.cancel()
+    mutation_log.record("gc", "network=n", "pid=1 uid=0", "ok")  # the task is gone: at once
+    assert stream.writes == 3
+    assert stream.getvalue().endswith("gc network=n by pid=1 uid=0: ok\n")
