@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipamd import __version__
@@ -59,9 +59,15 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    # "pid=... uid=...", for the mutation log: built once per connection, not
+    # once per mutation.
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"pid={self.pid} uid={self.uid}")
 
     def __str__(self) -> str:
-        return f"pid={self.pid} uid={self.uid}"
+        return self.text
 
 
 def wire_count(n: int) -> int | str:
@@ -115,7 +121,7 @@ class Service:
         from the writer task once its batch is synced. Every outcome is logged
         with the caller's pid and uid.
         """
-        subject, caller = _subject(params), str(peer)
+        subject, caller = _subject(params), peer.text
 
         def done(result: Any, error: IpamError | None) -> None:
             outcome = "ok" if error is None else f"{error.name}: {error}"
