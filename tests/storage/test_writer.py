@@ -403,3 +403,29 @@ async def test_a_failed_write_fails_the_group_decided_on_top_of_it(state_dir: Pa
         assert isinstance(outcomes[name], StorageError), name
         assert "Input/output error" in outcomes[name].message
     assert set(assert_matches_disk(writer)) == {LeaseKey(NET, "c")}
+
+
+async def test_committed_is_taken_again_only_for_the_networks_a_group_touched(
+    state_dir: Path,
+) -> None:
+    """Readers see every network's counts as of the last synced group; networks
+    the group did not touch keep their snapshot (the same object)."""
+    writer = flaky_writer(state_dir)
+    async with running(writer):
+        for name, cidr in (("one", "10.1.0.0/24"), ("two", "10.2.0.0/24"), ("gone", "10.3.0.0/24")):
+            await writer.submit(create(network(name, cidr)))
+        before = writer.committed
+        await writer.submit(alloc("c1", "one"))
+        after_alloc = writer.committed
+        assert after_alloc["one"].leases == 1
+        assert after_alloc["two"] is before["two"]
+        assert after_alloc["gone"] is before["gone"]
+        assert after_alloc == snapshot(writer.allocator)
+
+        await writer.submit(DeleteNetworkRequest("gone", force=False))
+        assert set(writer.committed) == {"one", "two"}
+        await writer.submit(release("c1"))  # `release` of every network the container has
+        assert writer.committed["one"].leases == 0
+        assert writer.committed["two"] is before["two"]
+        assert writer.committed == snapshot(writer.allocator)
+    assert_matches_disk(writer)
