@@ -31,7 +31,6 @@ Rules it keeps:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeGuard
 
 import msgpack
@@ -73,10 +72,17 @@ class LocalProtocolError(Exception):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on what a peer may make us decode; validated once, trusted after."""
+# Every type here is a NamedTuple, not a frozen dataclass as elsewhere in ipamd (STYLE.md
+# habit 3). The events, because one is built per frame and a frozen dataclass's __init__, which
+# sets each field through object.__setattr__, was a tenth of the cost of decoding a request.
+# All of them, because this module is on the path of every `ipamd-cni` exec, and importing
+# `dataclasses` (which imports `inspect`) cost that short-lived process about 10 ms of its 60.
+# They are as immutable, with the same fields, repr and match arguments. They also compare as
+# tuples, so a Request equals a Response with the same three fields; a connection only ever
+# yields one of the two kinds, and nothing but tests compares events.
 
+
+class _LimitFields(NamedTuple):
     # A request is well under 1 KiB and a page of leases tens of KiB: 1 MiB is generous.
     max_frame_bytes: int = 1024 * 1024
     # Names, container ids, addresses and error messages are short; refuse a fat string outright.
@@ -91,30 +97,22 @@ class Limits:
     # Our deepest message (an alloc result: frame, result, networks, NAME, ips, ip) nests 6.
     max_depth: int = 32
 
-    def __post_init__(self) -> None:
-        for name in (
-            "max_frame_bytes",
-            "max_str_len",
-            "max_bin_len",
-            "max_array_len",
-            "max_map_len",
-            "max_depth",
-        ):
-            value = getattr(self, name)
+
+class Limits(_LimitFields):
+    """Bounds on what a peer may make us decode; validated once, trusted after."""
+
+    __slots__ = ()
+
+    def __new__(cls, *args: int, **kwargs: int) -> Limits:
+        limits = super().__new__(cls, *args, **kwargs)
+        for name, value in limits._asdict().items():
             least = 1 if name in ("max_frame_bytes", "max_depth") else 0
             if not _is_int(value) or value < least:
                 raise ValueError(f"Limits.{name} must be an int >= {least}, got {value!r}")
+        return limits
 
 
 DEFAULT_LIMITS: Final = Limits()
-
-
-# Request, Notification and Response are NamedTuples rather than frozen dataclasses, unlike the
-# rest of ipamd (STYLE.md habit 3): one is built per frame, and a frozen dataclass's __init__,
-# which sets each field through object.__setattr__, was a tenth of the cost of decoding a
-# request. They are as immutable, with the same fields, repr and match arguments. They also
-# compare as tuples, so a Request equals a Response with the same three fields; a connection
-# only ever yields one of the two kinds, and nothing but tests compares events.
 
 
 class Request(NamedTuple):
@@ -134,8 +132,7 @@ class Response(NamedTuple):
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolViolation:
+class ProtocolViolation(NamedTuple):
     """A frame the peer got wrong.
 
     The server answers `error` to `msgid` when msgid is not None, and closes the

@@ -18,8 +18,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -72,8 +71,11 @@ class CniError(Exception):
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Invocation:
+class Invocation(NamedTuple):
+    """What one exec of the plugin was asked to do. A NamedTuple, not a frozen
+    dataclass: importing `dataclasses` (and `inspect`) cost each exec about 10 ms.
+    Its maps are never mutated, so the shared defaults are safe."""
+
     command: str
     cni_version: str
     network: str
@@ -83,10 +85,10 @@ class Invocation:
     # ipamd's `network.create` subnets, one per range set, in config order.
     subnets: tuple[dict[str, str], ...] = ()
     routes: tuple[dict[str, Any], ...] = ()
-    dns: dict[str, Any] = field(default_factory=dict)
+    dns: dict[str, Any] = {}  # noqa: RUF012 -- never mutated, see above
     socket: str | None = None
     static_ips: tuple[str, ...] = ()
-    attributes: dict[str, str] = field(default_factory=dict)
+    attributes: dict[str, str] = {}  # noqa: RUF012 -- never mutated, see above
     prev_result: dict[str, Any] | None = None
     # GC only: ipamd's `gc` valid list, from `cni.dev/valid-attachments`.
     valid_attachments: tuple[dict[str, str], ...] = ()

@@ -25,9 +25,8 @@ Rules it keeps:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from ipamd.errors import IpamError, error_from_wire
 from ipamd.protocol import (
@@ -80,9 +79,9 @@ class ProtocolError(ConnectionFailed):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One answer from the daemon: `error` is None on success."""
+class Reply(NamedTuple):
+    """One answer from the daemon: `error` is None on success. (A NamedTuple, as
+    in ipamd.protocol: `ipamd-cni` imports this, and `dataclasses` is slow to import.)"""
 
     msgid: int
     error: IpamError | None
