@@ -7,6 +7,9 @@ the same process on the same disk. Targets (the storage issue):
   group_vs_single_ratio_64  >= 20   durable allocs/s, writer with 64 tasks, over the seed's way
   rebuild_1m_s              <= 3.0  Store.open + Store.load of 1,000,000 leases
   rss_1m_mb                 <= 300  the loading process's RSS once loaded
+and, with no target, `absent_lookup_us` / `absent_lookup_no_filter_us`: the
+lookup every alloc of a new container starts with, against LevelDB without
+bloom filters.
 
 What is timed, exactly:
 - "writer, N tasks": a fresh database per repeat, one network (10.0.0.0/12);
@@ -27,6 +30,12 @@ What is timed, exactly:
   (churn), so the index has holes: two IPv4 /12, one dual stack (/12 + /64,
   two reverse entries per lease), one IPv6 /64. The first load after the build
   also replays LevelDB's last log; the median hides it, the list shows it.
+- "absent leases": `Store.lease` of container IDs the store has never seen (as
+  every alloc of a new container asks first), CPU time per lookup, on a store
+  of N leases under random 64-hex container IDs (as podman and containerd make
+  them) written through `Store.prepare`/`commit` in groups of 64, with every
+  other lease then released (churn). Peer: the same store opened with LevelDB's
+  bloom filters off (BLOOM_FILTER_BITS = 0), as ipamd did before.
 
 Usage: python benchmarks/bench_writer.py [--quick] [--json] [--repeats N] [--dir DIR]
 --quick (about 20 s) runs fewer allocations and rebuilds 100,000 leases; the
@@ -39,6 +48,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,10 +66,12 @@ if str(ROOT) not in sys.path:
 import plyvel  # noqa: E402
 import trio  # noqa: E402
 
+import ipamd.store  # noqa: E402
 from ipamd.core import keys  # noqa: E402
 from ipamd.core.lease import Lease, LeaseKey  # noqa: E402
 from ipamd.core.network import Network  # noqa: E402
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest  # noqa: E402
+from ipamd.core.view import DeleteLease, PutLease  # noqa: E402
 from ipamd.store import DB_DIRNAME, Store  # noqa: E402
 from ipamd.writer import Writer  # noqa: E402
 
@@ -73,10 +85,12 @@ class Plan:
     allocs_by_tasks: dict[int, int]  # concurrent tasks -> allocations per repeat
     seed_allocs: int
     rebuild_leases: int
+    lookup_leases: int
 
 
-FULL = Plan(3, {1: 1_000, 8: 4_000, 64: 16_000}, 400, 1_000_000)
-QUICK = Plan(3, {1: 300, 8: 1_500, 64: 4_000}, 150, 100_000)
+FULL = Plan(3, {1: 1_000, 8: 4_000, 64: 16_000}, 400, 1_000_000, 200_000)
+QUICK = Plan(3, {1: 300, 8: 1_500, 64: 4_000}, 150, 100_000, 20_000)
+LOOKUPS = 20_000
 
 
 # -- group commit through the writer -------------------------------------------
@@ -238,6 +252,48 @@ def load_in_child(state_dir: Path) -> dict[str, float]:
     return dict(json.loads(out.splitlines()[-1]))
 
 
+# -- lookups of absent leases ---------------------------------------------------
+
+
+def random_container_id() -> str:
+    return os.urandom(32).hex()
+
+
+def absent_lookup_us(state_dir: Path, leases: int, filter_bits: int, repeats: int) -> float:
+    """CPU µs per `Store.lease` of an unknown container, on a churned store."""
+    ipamd.store.BLOOM_FILTER_BITS = filter_bits
+    store = Store(state_dir)
+    store.open()
+    try:
+        subnet = BENCH_NETWORK.subnets[0]
+        held: list[Lease] = []
+        for first in range(0, leases, 64):
+            group = [
+                Lease(LeaseKey("bench", random_container_id()), (subnet.address_at(i + 1),), NOW)
+                for i in range(first, min(first + 64, leases))
+            ]
+            store.commit(store.prepare([PutLease(lease) for lease in group]))
+            held += group
+        released = held[::2]
+        for first in range(0, len(released), 64):
+            group = released[first : first + 64]
+            store.commit(store.prepare([DeleteLease(lease, lease.addresses) for lease in group]))
+        timings = []
+        for _ in range(repeats):
+            absent = [LeaseKey("bench", random_container_id()) for _ in range(LOOKUPS)]
+            started = time.process_time()
+            for key in absent:
+                assert store.lease(key) is None
+            timings.append((time.process_time() - started) / LOOKUPS * 1e6)
+        return median(timings)
+    finally:
+        store.close()
+        ipamd.store.BLOOM_FILTER_BITS = DEFAULT_FILTER_BITS
+
+
+DEFAULT_FILTER_BITS = ipamd.store.BLOOM_FILTER_BITS
+
+
 # -- the run -------------------------------------------------------------------
 
 
@@ -311,6 +367,20 @@ def run(plan: Plan, base: Path, say: Any) -> dict[str, Any]:
         rebuild_leases=plan.rebuild_leases,
         rebuild_reverse_entries=reverse,
     )
+
+    with_filter = absent_lookup_us(fresh(), plan.lookup_leases, DEFAULT_FILTER_BITS, plan.repeats)
+    without = absent_lookup_us(fresh(), plan.lookup_leases, 0, plan.repeats)
+    say(
+        f"lookups of absent leases, {plan.lookup_leases:,} leases (half released),"
+        f" random 64-hex container IDs:"
+    )
+    say(f"  with bloom filters ({DEFAULT_FILTER_BITS} bits/key): {with_filter:.2f} µs CPU")
+    say(f"  without (LevelDB's default):     {without:.2f} µs CPU   x{without / with_filter:.1f}")
+    figures.update(
+        absent_lookup_us=with_filter,
+        absent_lookup_no_filter_us=without,
+        lookup_leases=plan.lookup_leases,
+    )
     return figures
 
 
@@ -327,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     plan = QUICK if args.quick else FULL
     if args.repeats:
-        plan = Plan(args.repeats, plan.allocs_by_tasks, plan.seed_allocs, plan.rebuild_leases)
+        plan = Plan(
+            args.repeats,
+            plan.allocs_by_tasks,
+            plan.seed_allocs,
+            plan.rebuild_leases,
+            plan.lookup_leases,
+        )
     base = Path(tempfile.mkdtemp(prefix="bench-writer-", dir=args.dir))
     try:
         figures = run(plan, base, print)

@@ -45,6 +45,12 @@ DB_DIRNAME = "leases.ldb"
 # LevelDB's default 4 MiB write buffer makes each log file (replayed at open)
 # small; the block cache serves the point reads of `get` and `lease.owner`.
 BLOCK_CACHE_BYTES = 16 << 20
+# Every alloc of a new container first looks up a lease that is not there, and
+# without filters a miss reads a block of every table whose key range covers
+# it. With 10 bits per key (about 1% false positives) most tables are ruled
+# out in memory (benchmarks/bench_writer.py measures both). Tables written before
+# carry no filter and are read as before; the format is otherwise unchanged.
+BLOOM_FILTER_BITS = 10
 # Room for the new MANIFEST, log and LOG files a reopen creates.
 REOPEN_MARGIN_BYTES = 64 << 10
 # What a value or key this ipamd cannot decode raises (msgpack, ipaddress, the
@@ -102,6 +108,7 @@ class Store:
                 str(self.path),
                 create_if_missing=create,
                 lru_cache_size=BLOCK_CACHE_BYTES,
+                bloom_filter_bits=BLOOM_FILTER_BITS,
                 # Refuse, rather than skip, a log record or table block whose
                 # checksum fails: skipping would drop acknowledged leases silently.
                 paranoid_checks=True,

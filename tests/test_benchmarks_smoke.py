@@ -102,7 +102,13 @@ def test_bench_writer_quick_reports_every_figure(tmp_path: Path) -> None:
     figures = run_quick("bench_writer.py", tmp_path)
     assert figures["quick"] is True
     assert_positive(
-        figures, "group_vs_single_ratio_64", "allocs_per_s_64", "rebuild_1m_s", "rss_1m_mb"
+        figures,
+        "group_vs_single_ratio_64",
+        "allocs_per_s_64",
+        "rebuild_1m_s",
+        "rss_1m_mb",
+        "absent_lookup_us",
+        "absent_lookup_no_filter_us",
     )
 
 

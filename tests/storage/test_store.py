@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+import plyvel
 import pytest
 
 from ipamd.core import keys
@@ -284,3 +285,56 @@ def test_lease_keys_are_their_parts_joined() -> None:
             keys.attachments_prefix(key.container_id, key.network)
         )
         assert keys.decode_lease_key(keys.lease_key(key)) == key
+
+
+# LevelDB names the filter policy in every table it writes a filter block for.
+BLOOM_FILTER_NAME = b"filter.leveldb.BuiltinBloomFilter2"
+
+
+def put_leases(db: plyvel.DB, count: int, prefix: str) -> list[LeaseKey]:
+    held = [LeaseKey(NET, f"{prefix}{i}") for i in range(count)]
+    with db.write_batch() as batch:
+        for i, key in enumerate(held):
+            lease = Lease(key, (ipaddress.IPv4Address(0x0A000002 + i),), NOW)
+            batch.put(keys.lease_key(key), keys.lease_value(lease))
+    return held
+
+
+def tables_with_filters(state_dir: Path) -> list[bool]:
+    return [BLOOM_FILTER_NAME in t.read_bytes() for t in (state_dir / "leases.ldb").glob("*.ldb")]
+
+
+def test_tables_carry_bloom_filters_for_the_lookups_of_absent_leases(state_dir: Path) -> None:
+    """Every alloc of a new container looks up a lease that is not there: the
+    filters let LevelDB skip tables without reading them."""
+    store, _ = open_store(state_dir)
+    put_leases(store.db, 2_000, "c")
+    store.db.compact_range()  # into tables, written by this handle
+    store.close()
+    filtered = tables_with_filters(state_dir)
+    assert filtered
+    assert all(filtered)
+
+
+def test_tables_written_without_filters_are_read_as_before(state_dir: Path) -> None:
+    """Databases from before the filters were on (or from other tools) need no migration."""
+    store, _ = open_store(state_dir)
+    store.close()
+    raw = plyvel.DB(str(state_dir / "leases.ldb"))  # no filter policy
+    held = [LeaseKey(NET, f"old{i}") for i in range(2_000)]
+    with raw.write_batch() as batch:
+        for i, key in enumerate(held):
+            lease = Lease(key, (ipaddress.IPv4Address(0x0A000002 + i),), NOW)
+            batch.put(keys.lease_key(key), keys.lease_value(lease))
+    raw.compact_range()
+    raw.close()
+    assert not any(
+        BLOOM_FILTER_NAME in table.read_bytes()
+        for table in (state_dir / "leases.ldb").glob("*.ldb")
+    )
+    store.open(create=False)
+    try:
+        assert all(store.lease(key) is not None for key in held)
+        assert store.lease(LeaseKey(NET, "never-seen")) is None
+    finally:
+        store.close()
