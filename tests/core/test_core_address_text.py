@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipamd.core.network import address_from_text, address_text
+from ipamd.core.network import MAX_REMEMBERED_IPV6_TEXTS, address_from_text, address_text
 
 EDGES = [0, 1, 255, 256, 2**24 - 1, 2**31, 2**32 - 2, 2**32 - 1]
 
@@ -75,3 +75,15 @@ def test_odd_texts_parse_or_fail_as_ip_address_does(text: Any) -> None:
     else:
         assert address_from_text(text) == expected
         assert type(address_from_text(text)) is type(expected)
+
+
+def test_ipv6_texts_stay_right_past_the_memo_bound() -> None:
+    """The memo of IPv6 texts is emptied when full; every text stays `str`'s."""
+    base = int(ipaddress.IPv6Address("fd00::"))
+    addresses = [ipaddress.IPv6Address(base + i) for i in range(MAX_REMEMBERED_IPV6_TEXTS + 10)]
+    for _ in range(2):
+        for address in addresses:
+            assert address_text(address) == str(address)
+    zoned = ipaddress.IPv6Address("fe80::1%eth0")  # a scope makes a different address
+    assert address_text(zoned) == "fe80::1%eth0"
+    assert address_text(ipaddress.IPv6Address("fe80::1")) == "fe80::1"
