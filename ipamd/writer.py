@@ -8,9 +8,10 @@ Rules it keeps:
   the store) and encodes the changes into the pending group's batch. A syncer
   task writes that batch, synced, in the committer's thread (the one seam
   into threads, see committer.py), and only then publishes the group's
-  `committed` snapshot and answers its waiters. While one group is being written the next one grows:
-  everything decided meanwhile shares the next sync (LevelDB's group commit,
-  and the event loop never sits idle waiting for the disk).
+  `committed` snapshot and answers its waiters. While one group is being
+  written the next one grows: everything decided meanwhile shares the next
+  sync (LevelDB's group commit, and the event loop never sits idle waiting
+  for the disk).
 - Readers see `committed` and the store, never the working state: nothing they
   see was not synced.
 - A failed write fails the whole group with `storage_error`. The working state
