@@ -80,8 +80,15 @@ def address_text(address: IPAddress) -> str:
 
 def address_from_text(text: Any) -> IPAddress:
     """`ipaddress.ip_address(text)` (same results, same errors), faster for the
-    canonical IPv4 text that `address_text` writes into every stored lease."""
+    texts `address_text` writes into every stored lease."""
     if isinstance(text, str):
+        if ":" in text:
+            # ip_address tries IPv4 first, which fails (and costs an exception)
+            # for any text with a colon: a third of the time of an IPv6 read.
+            try:
+                return ipaddress.IPv6Address(text)
+            except ValueError:  # let ip_address say why
+                return ipaddress.ip_address(text)
         parts = text.split(".")
         if len(parts) == 4:
             try:

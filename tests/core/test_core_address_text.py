@@ -55,6 +55,13 @@ ODD_TEXTS: list[Any] = [
     "fd00::1",
     "::ffff:10.0.0.1",
     "fe80::1%eth0",
+    ":::",
+    "1::2::3",
+    "fd00::1 ",
+    "fd00::g",
+    "::ffff:10.0.0.256",
+    "fd00:0:0:0:0:0:0:0:1",
+    "FD00::A",
     "10.0.0.1/32",
     "garbage",
     167772161,  # an int: ip_address takes it, and so must a corrupt stored value
