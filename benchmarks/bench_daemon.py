@@ -544,14 +544,19 @@ def run_exec_phase(
     children = (cpu1.children_user - cpu0.children_user) + (
         cpu1.children_system - cpu0.children_system
     )
+    return one_at_a_time_phase(count, seconds, lat, children)
+
+
+def one_at_a_time_phase(count: int, seconds: float, lat_s: list[float], cpu_s: float) -> Phase:
+    """A phase of calls the benchmark made itself (no client processes), none failed."""
     return Phase(
         ops=count,
         errors=0,
         error_sample=None,
         seconds=seconds,
-        lat_us=sorted(x * 1e6 for x in lat),
+        lat_us=sorted(x * 1e6 for x in lat_s),
         client_cpu_s=0.0,
-        server_cpu_s=children,
+        server_cpu_s=cpu_s,
     )
 
 
@@ -656,15 +661,8 @@ def run_seed_phase(
         lat.append(time.perf_counter() - t0)
     seconds = time.monotonic() - start
     cpu1 = os.times()
-    return Phase(
-        ops=count,
-        errors=0,
-        error_sample=None,
-        seconds=seconds,
-        lat_us=sorted(x * 1e6 for x in lat),
-        client_cpu_s=0.0,
-        server_cpu_s=(cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
-    )
+    cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return one_at_a_time_phase(count, seconds, lat, cpu_s)
 
 
 def bench_seed(root: Path, sizes: Sizes, results: dict[str, Any]) -> None:

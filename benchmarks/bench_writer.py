@@ -259,6 +259,9 @@ def random_container_id() -> str:
     return os.urandom(32).hex()
 
 
+DEFAULT_FILTER_BITS = ipamd.store.BLOOM_FILTER_BITS
+
+
 def absent_lookup_us(state_dir: Path, leases: int, filter_bits: int, repeats: int) -> float:
     """CPU µs per `Store.lease` of an unknown container, on a churned store."""
     ipamd.store.BLOOM_FILTER_BITS = filter_bits
@@ -289,9 +292,6 @@ def absent_lookup_us(state_dir: Path, leases: int, filter_bits: int, repeats: in
     finally:
         store.close()
         ipamd.store.BLOOM_FILTER_BITS = DEFAULT_FILTER_BITS
-
-
-DEFAULT_FILTER_BITS = ipamd.store.BLOOM_FILTER_BITS
 
 
 # -- the run -------------------------------------------------------------------
