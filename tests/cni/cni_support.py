@@ -1,4 +1,4 @@
-"""Running ipamd-cni exactly as a CNI runtime does: exec, environment, config on stdin.
+"""Running the CNI plugin exactly as a CNI runtime does: exec, environment, config on stdin.
 
 `Cni` execs the plugin with a clean environment, so nothing of the test's own
 (IPAMD_SOCKET, say) leaks in; the daemon's socket reaches the plugin only
@@ -18,8 +18,24 @@ from tests.support import Daemon
 
 VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CNI_DIR = Path("/usr/lib/cni")
+BUILD = Path(__file__).resolve().parents[2] / "contrib" / "cni" / "build.sh"
+PLUGIN_ENV = "IPAMD_CNI_PLUGIN"
+BUILD_TIMEOUT_S = 300.0
 # One plugin call is one process start; a loaded CI machine gets this long.
 PLUGIN_TIMEOUT_S = 30.0
+
+
+def plugin_binary(build_dir: Path) -> Path:
+    """The plugin $IPAMD_CNI_PLUGIN names (CI builds it first), else one built into `build_dir`."""
+    given = os.environ.get(PLUGIN_ENV)
+    if given:
+        return Path(given).resolve()
+    binary = build_dir / "ipamd"
+    done = subprocess.run(
+        [str(BUILD), str(binary)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"cannot build the CNI plugin: {done.stderr}"
+    return binary
 
 
 @dataclass(frozen=True)

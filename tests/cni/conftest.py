@@ -1,31 +1,26 @@
 """Fixtures for the CNI plugin tests: the plugin on a CNI_PATH, a daemon per module.
 
-`plugin_dir` holds the plugin under the name `ipamd`, which is what
-`"ipam": {"type": "ipamd"}` makes a runtime look for on CNI_PATH.
+`plugin_dir` holds the Go plugin (contrib/cni/) under the name `ipamd`, which is
+what `"ipam": {"type": "ipamd"}` makes a runtime look for on CNI_PATH. CI builds
+it first and names it in $IPAMD_CNI_PLUGIN; without that, the session builds it
+with contrib/cni/build.sh (which needs Go; see contrib/README.md).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cni.cni_support import Cni
+from tests.cni.cni_support import Cni, plugin_binary
 from tests.support import Daemon
 
 
 @pytest.fixture(scope="session")
 def plugin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory for CNI_PATH holding ipamd-cni under the name `ipamd`."""
+    """A directory for CNI_PATH holding the plugin under the name `ipamd`."""
     directory = tmp_path_factory.mktemp("cni-bin")
-    console_script = Path(sys.executable).parent / "ipamd-cni"
-    if console_script.exists():
-        (directory / "ipamd").symlink_to(console_script)
-    else:
-        script = directory / "ipamd"
-        script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ipamd_cni.plugin "$@"\n')
-        script.chmod(0o755)
+    (directory / "ipamd").symlink_to(plugin_binary(tmp_path_factory.mktemp("cni-build")))
     return directory
 
 

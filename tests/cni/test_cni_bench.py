@@ -22,15 +22,21 @@ BENCH = Path(__file__).resolve().parents[2] / "contrib" / "bench_cni.py"
 @pytest.mark.skipif(not (CNI_DIR / "host-local").exists(), reason="needs host-local")
 def test_bench_compares_add_and_del_with_host_local() -> None:
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--rounds", "3", "--json"],
+        [sys.executable, str(BENCH), "--ops", "3", "--reps", "1", "--leases", "0", "50", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done
-    figures = json.loads(done.stdout)
-    assert set(figures) == {"host-local", "ipamd-cni"}
-    for row in figures.values():
-        assert set(row) == {"ADD median", "ADD mean", "DEL median", "DEL mean"}
-        assert all(ms > 0 for ms in row.values())
+    figures = json.loads(done.stdout.splitlines()[-1])
+    for suffix in ("", "_50"):
+        assert figures[f"cni_vs_hostlocal_exec_ratio{suffix}"] > 0
+        for plugin in ("ipamd_cni", "hostlocal_cni"):
+            assert figures[f"{plugin}_pairs_per_s{suffix}"] > 0
+            for name in ("add_p50_ms", "add_p99_ms", "del_p50_ms", "del_p99_ms"):
+                assert figures[f"{plugin}_{name}{suffix}"] > 0
+    for command in ("add", "del"):
+        split = figures[f"ipamd_cni_{command}_split_ms"]
+        assert set(split) == {"start", "parse", "connect", "rpc", "exit"}
+        assert all(ms > 0 for ms in split.values())
     print(json.dumps(figures, indent=2))

@@ -1,4 +1,4 @@
-"""ipamd-cni alone, exec'd as a runtime execs it: every command, every cniVersion, the errors.
+"""The CNI plugin alone, exec'd as a runtime execs it: every command, every cniVersion, the errors.
 
 One daemon serves the module; each test works on its own network (`net`).
 """
@@ -6,10 +6,7 @@ One daemon serves the module; each test works on its own network (`net`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -340,54 +337,3 @@ def test_the_example_conflist(cni: Cni, net: str) -> None:
     result = cni.ok("ADD", config)
     assert [ip["address"] for ip in result["ips"]] == ["10.89.0.2/24", "fd89::100/64"]
     assert result["dns"] == {"nameservers": ["10.89.0.1"]}
-
-
-def test_a_full_add_imports_no_trio(cni: Cni, net: str) -> None:
-    """Fast start: the plugin process never loads trio (or the daemon's storage)."""
-    probe = (
-        "import runpy, sys\n"
-        "try:\n"
-        "    runpy.run_module('ipamd_cni.plugin', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    status = e.code\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'plyvel'))\n"
-        "sys.stderr.write(f'STATUS={status} HEAVY={heavy}')\n"
-    )
-    config = cni.config(net)
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        input=json.dumps(config).encode(),
-        env={
-            "CNI_COMMAND": "ADD",
-            "CNI_CONTAINERID": "c1",
-            "CNI_NETNS": "/var/run/netns/c1",
-            "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/nonexistent",
-        },
-        capture_output=True,
-        timeout=30,
-    )
-    assert done.stderr.decode().endswith("STATUS=0 HEAVY=[]"), done
-
-
-def test_a_bug_still_answers_with_the_cni_error_json(
-    cni: Cni, net: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ipamd_cni import plugin
-
-    def broken(call: Any) -> None:
-        raise KeyError("ips")
-
-    monkeypatch.setitem(plugin.COMMANDS, "ADD", broken)
-    environ = {
-        "CNI_COMMAND": "ADD",
-        "CNI_CONTAINERID": "c1",
-        "CNI_NETNS": "/var/run/netns/c1",
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": "/nonexistent",
-    }
-    out = io.StringIO()
-    stdin = json.dumps(cni.config(net, "0.4.0")).encode()
-    assert plugin.run(environ, lambda: stdin, out) == 1
-    error = json.loads(out.getvalue())
-    assert error == {"cniVersion": "0.4.0", "code": 999, "msg": "ipamd-cni failed: KeyError('ips')"}
