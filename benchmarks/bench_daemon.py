@@ -19,8 +19,11 @@ What runs (all state on the same disk, in one temp directory):
   seed        the seed's (podman v3 boltdb IPAM) way, in Python with plyvel: per
               allocation open the database, read the cursor, scan for a free
               address, one synced batch, close; one at a time.
-  ipamd-cni   the contrib CNI plugin exec'd per call against the daemon, 1 and 8
-              workers (skipped, and reported as such, when it is not runnable).
+  cni         ipamd's CNI plugin (contrib/cni/, built unless $IPAMD_CNI_PLUGIN names
+              it) against the daemon, and host-local again, exec'd in turns at 1
+              worker on 0 and 5,000 existing leases (cni_exec.py): ADD+DEL pairs/s,
+              p50/p99 per exec, and the plugin's exec time split (skipped, and
+              reported as such, when it cannot be built).
 
 Every phase runs a fixed count of operations (not a fixed time), so runs are
 comparable; each is repeated (--reps, default 3) and the median is reported.
@@ -61,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cni_exec
 import msgpack
 
 HERE = Path(__file__).resolve().parent
@@ -78,8 +82,9 @@ NET_DUAL = {
     "name": "bench46",
     "subnets": [{"subnet": "10.201.0.0/16"}, {"subnet": "fd00:200::/64"}],
 }
-# ipamd-cni takes host-local's `ipam` keys and creates (ensures) the network itself.
-CNI_NETWORK, CNI_SUBNET = "benchcni", "10.202.0.0/16"
+# The CNI section: existing leases per configuration, and the exec ratio targets there.
+CNI_LEASES = (0, 5000)
+CNI_TARGETS = {0: 1.0, 5000: 3.0}
 HOST_LOCAL_SUBNET = "10.200.0.0/16"
 SEED_SUBNET = ipaddress.IPv4Network("10.203.0.0/16")
 
@@ -400,7 +405,7 @@ class Series:
 
 
 def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[str, Any]) -> Server:
-    """echo and ipamd, interleaved. Returns the running ipamd (for the ipamd-cni phase)."""
+    """echo and ipamd, interleaved. Returns the running ipamd (for the CNI section)."""
     echo = start_echo(root)
     echo_epoll = start_echo(root, epoll=True)
     ipamd = start_ipamd(root)
@@ -680,81 +685,26 @@ def bench_seed(root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
     results["seed"] = series
 
 
-# -- ipamd-cni ----------------------------------------------------------------------------
+# -- ipamd's CNI plugin ----------------------------------------------------------------
 
 
-def ipamd_cni_command() -> list[str] | None:
-    script = Path(sys.executable).with_name("ipamd-cni")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("ipamd-cni")
-    return [found] if found else None
-
-
-def ipamd_cni_conf(ipamd: Server) -> bytes:
-    return json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "name": CNI_NETWORK,
-            "type": "bridge",
-            "ipam": {
-                "type": "ipamd-cni",
-                "socket": str(ipamd.socket),
-                "ranges": [[{"subnet": CNI_SUBNET}]],
-            },
-        }
-    ).encode()
-
-
-def check_ipamd_cni(ipamd: Server) -> tuple[list[str] | None, str | None]:
-    """The command, or why it is not available."""
-    command = ipamd_cni_command()
-    if command is None:
-        return None, "no ipamd-cni executable"
-    env = {**os.environ, "IPAMD_SOCKET": str(ipamd.socket)}
-    try:
-        version = subprocess.run(
-            command,
-            input=ipamd_cni_conf(ipamd),
-            env={**env, "CNI_COMMAND": "VERSION"},
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"ipamd-cni VERSION failed: {e}"
-    if version.returncode != 0:
-        tail = (version.stderr or version.stdout).decode(errors="replace").strip()
-        return None, f"ipamd-cni VERSION exited {version.returncode}: {tail.splitlines()[-1:]}"
-    try:
-        exec_cni(command, "ADD", "cni-probe", ipamd_cni_conf(ipamd), env)
-        exec_cni(command, "DEL", "cni-probe", ipamd_cni_conf(ipamd), env)
-    except RuntimeError as e:
-        return None, f"ipamd-cni ADD/DEL against the daemon failed: {e}"
-    return command, None
-
-
-def bench_ipamd_cni(ipamd: Server, sizes: Sizes, results: dict[str, Any]) -> None:
-    command, problem = check_ipamd_cni(ipamd)
-    if command is None:
-        log(f"ipamd-cni: not available ({problem}); skipped")
+def bench_cni(ipamd: Server, root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
+    """The plugin (contrib/cni/) and host-local side by side at 1 worker (cni_exec.py)."""
+    if ensure_host_local() is not None:
         results["cni"] = None
-        results["cni_problem"] = problem
+        results["cni_problem"] = f"{HOST_LOCAL} is missing"
         return
-    env = {**os.environ, "IPAMD_SOCKET": str(ipamd.socket)}
-    conf = ipamd_cni_conf(ipamd)
-    series: dict[tuple[str, int], Series] = {}
-    for rep in range(sizes.reps):
-        for workers in (1, 8):
-            prefix = f"cni{rep}w{workers}-"
-            for cmd in ("ADD", "DEL"):
-                phase = run_exec_phase(command, cmd, prefix, sizes.cni_ops, workers, conf, env)
-                series.setdefault((cmd, workers), Series()).phases.append(phase)
-                log(
-                    f"  rep {rep + 1} ipamd-cni {cmd} workers={workers}:"
-                    f" {phase.rate:7.0f}/s p99={phase.lat_ms(99):7.2f}ms"
-                )
-    results["cni"] = series
+    try:
+        binary = cni_exec.plugin_binary(root)
+    except RuntimeError as e:
+        log(f"ipamd's CNI plugin: not available ({e}); skipped")
+        results["cni"] = None
+        results["cni_problem"] = str(e)
+        return
+    plugins = [cni_exec.host_local(root / "cni"), cni_exec.ipamd_plugin(binary, ipamd.socket)]
+    results["cni"] = cni_exec.compare(
+        plugins, CNI_LEASES, sizes.cni_ops, sizes.reps, workers=1, log=log
+    )
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -827,10 +777,9 @@ def summarise(results: dict[str, Any], levels: tuple[int, ...]) -> dict[str, Any
     out["seed_style_allocs_per_s"] = seed_rate
     out["ratio_vs_seed_style"] = ratio(out.get("ipamd_allocs_per_s_64"), seed_rate)
 
-    cni: dict[tuple[str, int], Series] | None = results.get("cni")
-    cni_pair_1 = pair_rate(cni.get(("ADD", 1)), cni.get(("DEL", 1))) if cni else None
-    out["ipamd_cni_exec_pairs_per_s_1"] = cni_pair_1
-    out["cni_vs_hostlocal_exec_ratio"] = ratio(cni_pair_1, hl_pair_1)
+    cni: cni_exec.Comparison | None = results.get("cni")
+    out["ipamd_cni_exec_pairs_per_s_1"] = cni.pair_rate("ipamd", 0) if cni else None
+    out.update(cni_exec.summary(cni) if cni else {"cni_vs_hostlocal_exec_ratio": None})
     return out
 
 
@@ -924,17 +873,9 @@ def print_tables(results: dict[str, Any], summary: dict[str, Any], levels: tuple
     cni = results.get("cni")
     p()
     if cni is None:
-        p(f"ipamd-cni: not available ({results.get('cni_problem', 'skipped')})")
+        p(f"ipamd's CNI plugin: not available ({results.get('cni_problem', 'skipped')})")
     else:
-        p("ipamd-cni, exec'd per call against the daemon")
-        for (command, workers), s in sorted(cni.items()):
-            p(
-                f"  {command} workers={workers}: {fmt(s.rate):>6}/s  p50 {fmt(s.lat(50), '.2f')} ms"
-                f"  p99 {fmt(s.lat(99), '.2f')} ms"
-            )
-        cni_pairs = fmt(summary["ipamd_cni_exec_pairs_per_s_1"])
-        hl_pairs = fmt(summary["hostlocal_exec_pairs_per_s_1"])
-        p(f"  ADD+DEL per second at 1 worker: ipamd-cni {cni_pairs}, host-local {hl_pairs}")
+        cni_exec.print_comparison(cni, CNI_TARGETS)
 
     p()
     p("targets at 64 clients:")
@@ -1028,8 +969,8 @@ def main(argv: list[str] | None = None) -> int:
                 log("seed-style ...")
                 bench_seed(root, sizes, results)
             if "cni" in sections and ipamd is not None:
-                log("ipamd-cni ...")
-                bench_ipamd_cni(ipamd, sizes, results)
+                log("CNI plugins ...")
+                bench_cni(ipamd, root, sizes, results)
         finally:
             if ipamd is not None:
                 ipamd.stop()

@@ -1,13 +1,16 @@
-"""Wall time of one CNI ADD and one DEL: ipamd-cni against Debian's host-local, same run.
+"""ipamd's CNI plugin against Debian's host-local, exec'd as a runtime does, in one run.
 
-    python contrib/bench_cni.py [--rounds N] [--host-local PATH] [--json]
+    python contrib/bench_cni.py [--ops N] [--reps N] [--leases N ...] [--workers N] [--json]
 
-Starts its own `ipamd` on a temp state dir and gives host-local a temp dataDir,
-then for each round execs, as a runtime does (environment + config on stdin),
-ADD and then DEL of a fresh container with each plugin in turn, so both see
-the same machine noise. Prints the median and mean of each, and the ratio
-ipamd-cni / host-local. Both plugins are whole processes here: that is the
-cost a runtime pays per container start.
+Starts its own `ipamd` on a temp state dir (on $IPAMD_BENCH_DIR, default
+/var/tmp: a disk, so that fsync costs what it costs), builds the plugin with
+contrib/cni/build.sh unless $IPAMD_CNI_PLUGIN names one, and gives host-local
+a temp dataDir. Then, at each count of existing leases (default 0 and 5,000),
+N ADDs then N DELs of fresh containers with each plugin in turn
+(benchmarks/cni_exec.py says how). Prints execs per second, p50/p99 per exec,
+ADD+DEL pairs per second and their ratio ipamd / host-local (the targets:
+>= 1.0 on an empty network, >= 3 at 5,000 leases), and where the plugin's
+exec time goes. With --json the last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -15,24 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-HOST_LOCAL = Path("/usr/lib/cni/host-local")
-SUBNET = "10.250.200.0/24"  # never configured on any interface: host-local only records it
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import cni_exec  # shared with bench_daemon.py, found through the line above
+
 START_TIMEOUT_S = 20.0
-
-
-def plugin_command() -> list[str]:
-    console_script = Path(sys.executable).parent / "ipamd-cni"
-    if console_script.exists():
-        return [str(console_script)]
-    return [sys.executable, "-m", "ipamd_cni.plugin"]
+TARGETS = {0: 1.0, 5000: 3.0}  # exec ratio ipamd / host-local, ADD+DEL pairs at 1 worker
 
 
 def start_daemon(root: Path) -> subprocess.Popen[bytes]:
@@ -56,82 +53,36 @@ def start_daemon(root: Path) -> subprocess.Popen[bytes]:
     raise SystemExit(f"ipamd did not start: {(root / 'ipamd.log').read_text()}")
 
 
-def timed(command: list[str], cni_command: str, config: dict[str, Any], container: str) -> float:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CNI_COMMAND": cni_command,
-        "CNI_CONTAINERID": container,
-        "CNI_NETNS": f"/var/run/netns/{container}",
-        "CNI_IFNAME": "eth0",
-        "CNI_PATH": "/usr/lib/cni",
-    }
-    stdin = json.dumps(config).encode()
-    start = time.perf_counter()
-    done = subprocess.run(command, input=stdin, env=env, capture_output=True)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{command[0]} {cni_command} failed: {done.stdout.decode()}")
-    return elapsed
-
-
-def bench(rounds: int, host_local: Path) -> dict[str, dict[str, list[float]]]:
-    with tempfile.TemporaryDirectory(prefix="bench-cni-") as tmp:
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=100, help="ADDs (then DELs) per phase")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--leases", type=int, nargs="+", default=[0, 5000])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    args = parser.parse_args()
+    if not cni_exec.HOST_LOCAL.exists():
+        raise SystemExit(f"{cni_exec.HOST_LOCAL} is missing: install containernetworking-plugins")
+    base = os.environ.get("IPAMD_BENCH_DIR", "/var/tmp")
+    with tempfile.TemporaryDirectory(prefix="bench-cni-", dir=base) as tmp:
         root = Path(tmp)
+        binary = cni_exec.plugin_binary(root)
         daemon = start_daemon(root)
         try:
-            host_local_ipam = {"type": "host-local", "dataDir": str(root / "host-local")}
-            ipamd_ipam = {"type": "ipamd", "socket": str(root / "ipamd.sock")}
-            plugins = {
-                "host-local": ([str(host_local)], host_local_ipam),
-                "ipamd-cni": (plugin_command(), ipamd_ipam),
-            }
-            times: dict[str, dict[str, list[float]]] = {
-                name: {"ADD": [], "DEL": []} for name in plugins
-            }
-            for i in range(rounds):
-                for name, (command, ipam) in plugins.items():
-                    config = {
-                        "cniVersion": "1.0.0",
-                        "name": "bench",
-                        "type": "bridge",
-                        "ipam": {**ipam, "ranges": [[{"subnet": SUBNET}]]},
-                    }
-                    container = f"bench-{i}"
-                    times[name]["ADD"].append(timed(command, "ADD", config, container))
-                    times[name]["DEL"].append(timed(command, "DEL", config, container))
+            plugins = [
+                cni_exec.host_local(root),
+                cni_exec.ipamd_plugin(binary, root / "ipamd.sock"),
+            ]
+            log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+            comparison = cni_exec.compare(
+                plugins, tuple(args.leases), args.ops, args.reps, args.workers, log
+            )
         finally:
             daemon.terminate()
             daemon.wait(timeout=20)
-    return times
-
-
-def summary(times: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-    """Milliseconds: median and mean per plugin and command."""
-    out: dict[str, dict[str, float]] = {}
-    for name, by_command in times.items():
-        for command, samples in by_command.items():
-            out.setdefault(name, {})[f"{command} median"] = statistics.median(samples) * 1e3
-            out[name][f"{command} mean"] = statistics.fmean(samples) * 1e3
-    return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--host-local", type=Path, default=HOST_LOCAL)
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = parser.parse_args()
-    figures = summary(bench(args.rounds, args.host_local))
+    cni_exec.print_comparison(comparison, TARGETS if args.workers == 1 else {})
     if args.json:
-        print(json.dumps(figures))
-        return
-    columns = ["ADD median", "ADD mean", "DEL median", "DEL mean"]
-    print(f"{args.rounds} rounds, wall time per exec in ms")
-    print(f"{'':12}" + "".join(f"{c:>12}" for c in columns))
-    for name, row in figures.items():
-        print(f"{name:12}" + "".join(f"{row[c]:12.1f}" for c in columns))
-    ratio = {c: figures["ipamd-cni"][c] / figures["host-local"][c] for c in columns}
-    print(f"{'ratio':12}" + "".join(f"{ratio[c]:11.1f}x" for c in columns))
+        print(json.dumps(cni_exec.summary(comparison)))
 
 
 if __name__ == "__main__":
