@@ -17,6 +17,8 @@ from ipamd.core.network import Network
 from ipamd.errors import IpamError
 
 SOCKET_NAME = "ipamd.sock"
+SYSTEM_SOCKET = Path("/run/ipamd") / SOCKET_NAME
+"""Root's default, and where ipamd.socket listens."""
 
 
 class ConfigError(Exception):
@@ -26,7 +28,7 @@ class ConfigError(Exception):
 def default_socket_path() -> Path:
     """DESIGN.md s6: /run/ipamd as root, else under $XDG_RUNTIME_DIR (or /tmp)."""
     if os.geteuid() == 0:
-        return Path("/run/ipamd") / SOCKET_NAME
+        return SYSTEM_SOCKET
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "ipamd" / SOCKET_NAME

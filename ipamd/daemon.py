@@ -29,12 +29,13 @@ from pathlib import Path
 
 import trio
 
-from ipamd import __version__, sdnotify
+from ipamd import __version__, journal, sdnotify
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
 from ipamd.errors import IpamError, NetworkExists
 from ipamd.server import Server
 from ipamd.service import Service
+from ipamd.status_line import StatusReporter
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 from ipamd.writer import Writer, WriterFailed
 
@@ -153,13 +154,17 @@ async def run_daemon(config: Config, listening: socket.socket) -> None:
                     config.socket,
                     config.state_dir,
                 )
-                sdnotify.notify(f"READY=1\nSTATUS=serving {leases} lease(s)")
+                status = StatusReporter(service)
+                status.mark_sent(status.text())
+                sdnotify.notify(f"READY=1\nSTATUS={status.sent}")
+                nursery.start_soon(status.run)
                 interval = sdnotify.watchdog_interval()
                 if interval is not None:
                     nursery.start_soon(watchdog, interval)
                 async for signum in signals:
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     break
+            status.stop()
             sdnotify.notify("STOPPING=1\nSTATUS=shutting down")
             server.stop_accepting()
             writer_scope.cancel()
@@ -187,11 +192,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper()),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """One line per record on stderr, whose format this function alone decides.
+
+    When stderr is the journal, every line starts with its priority (`<3>` for
+    errors), which journald keeps for `journalctl -p err` (ipamd/journal.py).
+    """
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if journal.stderr_is_journal():
+        formatter: logging.Formatter = journal.PriorityFormatter(fmt)
+    else:
+        formatter = logging.Formatter(fmt)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ cost per record (a LogRecord, handler locks, a write) was a tenth of the
 daemon's CPU, so lines are collected and written in one go once the current
 burst of answers is done (the writer answers a whole batch without yielding:
 `run`, a task of the daemon's, writes them when it yields),
-in the same format as the daemon's other log lines, and only when INFO is on.
+in the same format as the daemon's other log lines (with the journal's `<6>`
+when stderr is the journal), and only when INFO is on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import TextIO
 
 import trio
 
+from ipamd import journal
+
 LOGGER_NAME = "ipamd.mutations"
 
 
@@ -24,6 +27,9 @@ class MutationLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._logger = logging.getLogger(LOGGER_NAME)
         self._stream = stream
+        # What setup_logging's formatter would put before an INFO line.
+        journal_stream = stream is None and journal.stderr_is_journal()
+        self._prefix = f"<{journal.priority(logging.INFO)}>" if journal_stream else ""
         self._lines: list[str] = []
         self._burst_over = trio.lowlevel.ParkingLot()  # where `run` waits
         self._running = False
@@ -48,7 +54,8 @@ class MutationLog:
     def record(self, method: str, subject: str, caller: str, outcome: str) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        self._lines.append(f"INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n")
+        line = f"{self._prefix}INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n"
+        self._lines.append(line)
         if not self._running:
             self.flush()
         elif len(self._lines) == 1:

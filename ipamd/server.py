@@ -42,7 +42,6 @@ import logging
 import os
 import select
 import socket
-import struct
 import time
 from typing import Any
 
@@ -50,6 +49,7 @@ import trio
 
 from ipamd.config import Limits
 from ipamd.errors import IpamError, Unavailable
+from ipamd.peercred import peer_credentials
 from ipamd.protocol import (
     NEED_DATA,
     Notification,
@@ -60,7 +60,7 @@ from ipamd.protocol import (
 from ipamd.protocol import (
     Limits as ProtocolLimits,
 )
-from ipamd.service import Peer, Service
+from ipamd.service import Service
 
 log = logging.getLogger("ipamd.server")
 
@@ -84,12 +84,6 @@ ACCEPT_BACKOFF_S = 0.1
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
 HANGUP = select.EPOLLHUP | select.EPOLLERR
-
-
-def peer_credentials(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
 
 
 class Server:
@@ -260,7 +254,8 @@ class Connection:
         self.service = server.service
         self.sock = sock
         self.fd = sock.fileno()
-        self.peer = peer_credentials(sock)
+        # Groups cost a second getsockopt: only when allow_gids can use them.
+        self.peer = peer_credentials(sock, with_groups=bool(self.service.config.allow_gids))
         self.rpc = RpcConnection("server", server.protocol_limits)
         self.max_in_flight = server.limits.max_in_flight
         self.in_flight = 0

@@ -4,7 +4,8 @@ Mutations are parsed into typed requests and handed to the writer, which
 answers once their batch is synced. Reads are answered here, synchronously,
 from the writer's `committed` snapshot and the store (LevelDB holds only synced
 data), so they never wait for the writer. Authorisation happens here too: the
-server passes in the caller's SO_PEERCRED credentials.
+server passes in the caller's SO_PEERCRED credentials and, when allow_gids is
+set, its supplementary groups (ipamd/peercred.py).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    # Supplementary groups (SO_PEERGROUPS), read only when [auth] allow_gids
+    # could use them (ipamd/peercred.py).
+    groups: frozenset[int] = frozenset()
     # "pid=... uid=...", for the mutation log: built once per connection, not
     # once per mutation.
     text: str = field(init=False, repr=False, compare=False)
@@ -104,6 +108,7 @@ class Service:
             peer.uid in (0, self._own_uid)
             or peer.uid in self.config.allow_uids
             or peer.gid in self.config.allow_gids
+            or not self.config.allow_gids.isdisjoint(peer.groups)
         )
 
     def read(self, method: str, params: dict[str, Any]) -> Any:

@@ -1,6 +1,10 @@
 """Where the daemon's socket is: `--socket`, else $IPAMD_SOCKET, else the daemon's default.
 
-DESIGN.md section 6: clients find the socket the way the daemon chose it.
+DESIGN.md section 6: clients find the socket the way the daemon chose it. One
+addition for users other than root: their default is a per-user daemon's
+socket, but on a host running the system service (ipamd.socket) the members
+of the `ipamd` group talk to that one. So when the per-user socket does not
+exist and the system one does, the system one it is.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ SOCKET_ENV: Final = "IPAMD_SOCKET"
 
 
 def discover_socket(explicit: str | Path | None = None) -> Path:
-    """`explicit` if given (and not empty), else $IPAMD_SOCKET, else `default_socket_path()`.
+    """`explicit` if given (and not empty), else $IPAMD_SOCKET, else the default.
 
     The default is `/run/ipamd/ipamd.sock` as root, else
-    `$XDG_RUNTIME_DIR/ipamd/ipamd.sock`, else `/tmp/ipamd-UID/ipamd.sock`.
+    `$XDG_RUNTIME_DIR/ipamd/ipamd.sock`, else `/tmp/ipamd-UID/ipamd.sock`;
+    and `/run/ipamd/ipamd.sock` after all when the per-user socket does not
+    exist and that one does.
     """
     if explicit is not None and str(explicit):
         return Path(explicit)
@@ -25,6 +31,9 @@ def discover_socket(explicit: str | Path | None = None) -> Path:
         return Path(from_env)
     # Imported here: ipamd.config brings tomllib, grp and the network model, which a
     # CNI plugin that is handed its socket path never needs (it starts per container).
-    from ipamd.config import default_socket_path
+    from ipamd import config
 
-    return default_socket_path()
+    own = config.default_socket_path()
+    if own != config.SYSTEM_SOCKET and not own.exists() and config.SYSTEM_SOCKET.exists():
+        return config.SYSTEM_SOCKET
+    return own

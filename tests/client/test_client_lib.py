@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ipamd import config
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, discover_socket
 from ipamd.client.core import CLIENT_LIMITS
 from ipamd.config import default_socket_path
@@ -66,15 +67,43 @@ def test_discover_socket_prefers_explicit_then_env_then_default(
     assert Client().socket_path == default_socket_path()
 
 
-def test_default_socket_for_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_socket_for_a_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("IPAMD_SOCKET", raising=False)
+    assert Path("/run/ipamd/ipamd.sock") == config.SYSTEM_SOCKET
+    # No system daemon here, whatever this machine runs.
+    monkeypatch.setattr(config, "SYSTEM_SOCKET", tmp_path / "absent" / "ipamd.sock")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert discover_socket() == Path("/run/user/1000/ipamd/ipamd.sock")
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert discover_socket() == Path("/tmp/ipamd-1000/ipamd.sock")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert discover_socket() == Path("/run/ipamd/ipamd.sock")
+    assert discover_socket() == tmp_path / "absent" / "ipamd.sock"
+
+
+def test_a_user_without_a_socket_of_their_own_gets_the_system_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    system = tmp_path / "run-ipamd" / "ipamd.sock"
+    system.parent.mkdir()
+    monkeypatch.setattr(config, "SYSTEM_SOCKET", system)
+    monkeypatch.delenv("IPAMD_SOCKET", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+    own = tmp_path / "user" / "ipamd" / "ipamd.sock"
+
+    assert discover_socket() == own  # neither exists: the user's own, as before
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(str(system))
+        listening.listen()
+        assert discover_socket() == system
+        assert Client().socket_path == system
+        own.parent.mkdir(parents=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as per_user:
+            per_user.bind(str(own))
+            assert discover_socket() == own  # a per-user daemon's socket wins
+        monkeypatch.setenv("IPAMD_SOCKET", str(tmp_path / "env.sock"))
+        assert discover_socket() == tmp_path / "env.sock"  # so does the variable
 
 
 # -- every method ----------------------------------------------------------------------------

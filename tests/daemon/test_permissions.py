@@ -26,10 +26,16 @@ NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uids")
 
 
-def as_nobody(socket_path: str, calls: list[tuple[str, dict[str, Any]]], results: Any) -> None:
-    """In a child: become uid/gid 65534, then make `calls`; send back (code, result) each."""
+def as_nobody(
+    socket_path: str,
+    calls: list[tuple[str, dict[str, Any]]],
+    results: Any,
+    groups: tuple[int, ...] = (),
+) -> None:
+    """In a child: become uid/gid 65534 with supplementary `groups`, then make
+    `calls`; send back (code, result) each."""
     try:
-        os.setgroups([])
+        os.setgroups(list(groups))
         os.setgid(NOBODY)
         os.setuid(NOBODY)
         out: list[tuple[int | None, Any]] = []
@@ -44,10 +50,12 @@ def as_nobody(socket_path: str, calls: list[tuple[str, dict[str, Any]]], results
         results.send(("crash", repr(e)))
 
 
-def run_as_nobody(socket_path: Path, calls: list[tuple[str, dict[str, Any]]]) -> Any:
+def run_as_nobody(
+    socket_path: Path, calls: list[tuple[str, dict[str, Any]]], groups: tuple[int, ...] = ()
+) -> Any:
     context = multiprocessing.get_context("fork")
     receiving, sending = context.Pipe(duplex=False)
-    child = context.Process(target=as_nobody, args=(str(socket_path), calls, sending))
+    child = context.Process(target=as_nobody, args=(str(socket_path), calls, sending, groups))
     child.start()
     try:
         if not receiving.poll(30):
@@ -150,6 +158,48 @@ def test_an_allowed_uid_or_gid_may_mutate(tmp_path: Path, socket_dir: Path, gran
             ),
             (None, {"released": {"net": ["10.9.0.1"]}}),
         ]
+    finally:
+        daemon.close()
+
+
+GRANTED_GROUP = 4242
+"""A supplementary group of the client's, listed in allow_gids (need not exist in /etc/group)."""
+
+
+@pytest.mark.parametrize(
+    ("groups", "allowed"),
+    [
+        ((GRANTED_GROUP,), True),
+        ((4243, 4244, GRANTED_GROUP), True),
+        # More groups than socket.getsockopt can read (256): the ctypes path.
+        ((*range(5000, 5300), GRANTED_GROUP), True),
+        ((4243,), False),
+        ((), False),
+    ],
+)
+def test_a_supplementary_group_in_allow_gids_may_mutate(
+    tmp_path: Path, socket_dir: Path, groups: tuple[int, ...], allowed: bool
+) -> None:
+    # The client's primary gid stays nogroup: only a supplementary one is listed.
+    daemon = start_daemon(
+        tmp_path, socket_dir, f'socket_mode = "0666"\n[auth]\nallow_gids = [{GRANTED_GROUP}]\n'
+    )
+    try:
+        with daemon.client() as root:
+            root.call("network.create", {"name": "net", "subnets": [{"subnet": "10.9.0.0/24"}]})
+
+        ((code, result),) = run_as_nobody(
+            daemon.socket, [("alloc", {"container_id": "c", "networks": {"net": {}}})], groups
+        )
+
+        with daemon.client() as root:
+            leases = root.call("network.get", {"name": "net"})["leases"]
+        if allowed:
+            assert code is None and result["networks"]["net"]["ips"][0]["address"] == "10.9.0.1/24"
+            assert leases == 1
+        else:
+            assert code == 10 and f"uid {NOBODY}" in result, result
+            assert leases == 0
     finally:
         daemon.close()
 

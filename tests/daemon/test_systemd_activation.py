@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from ipamd.status_line import STATUS_REFRESH_S
 from tests.daemon.e2e import (
     IPAMD_SCRIPT,
     notify_receiver,
@@ -44,9 +45,13 @@ def exec_start(state_dir: Path) -> list[str]:
         if line.startswith("ExecStart=")
     ]
     (command,) = lines
+    # The installed config starts as the shipped example, which changes nothing.
+    config = state_dir.parent / "ipamd.conf"
+    shutil.copy(REPO_ROOT / "systemd" / "ipamd.conf", config)
     argv = shlex.split(command.replace("${STATE_DIRECTORY}", str(state_dir)))
-    assert argv[0] == "/usr/local/bin/ipamd"
+    assert argv[0] == "/opt/ipamd/bin/ipamd"
     assert "--socket" not in argv  # the socket is passed in
+    argv[argv.index("--config") + 1] = str(config)
     return [str(IPAMD_SCRIPT), *argv[1:]]
 
 
@@ -187,3 +192,36 @@ def drain(sock: socket.socket) -> None:
         pass
     finally:
         sock.setblocking(True)
+
+
+# -- STATUS= ---------------------------------------------------------------------------
+
+
+def statuses(assignments: list[str]) -> list[str]:
+    return [a.removeprefix("STATUS=") for a in assignments if a.startswith("STATUS=")]
+
+
+def test_status_follows_the_counts_and_stays_quiet_when_nothing_changes(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    daemon = notified_daemon(tmp_path, notify_socket)
+    daemon.start(wait=False)
+    try:
+        first = wait_for_assignment(notify_socket, "READY=1")
+        assert statuses(first) == [
+            "0 lease(s) on 0 network(s), 0 client(s) connected, 0 change(s) since start"
+        ]
+
+        with RawClient(daemon.socket, timeout=10) as client:
+            client.call("network.create", {"name": "n", "subnets": [{"subnet": "10.1.0.0/24"}]})
+            for cid in ("c1", "c2"):
+                client.call("alloc", {"container_id": cid, "networks": {"n": {}}})
+        # Once the client is gone: its three changes, and no client.
+        settled = "2 lease(s) on 1 network(s), 0 client(s) connected, 3 change(s) since start"
+        seen = wait_for_assignment(notify_socket, f"STATUS={settled}", timeout=10)
+        assert "READY=1" not in seen
+
+        # Nothing changes, so nothing is sent: two refresh intervals of silence.
+        assert receive_notifications(notify_socket, 2 * STATUS_REFRESH_S + 0.5) == []
+    finally:
+        daemon.close()
