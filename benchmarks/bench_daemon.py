@@ -24,6 +24,10 @@ What runs (all state on the same disk, in one temp directory):
               worker on 0 and 5,000 existing leases (cni_exec.py): ADD+DEL pairs/s,
               p50/p99 per exec, and the plugin's exec time split (skipped, and
               reported as such, when it cannot be built).
+  scrape      ipamd with its metrics endpoint on: allocs at 64 clients while a
+              scraper GETs /metrics every 100 ms (scraper.py) against the same
+              without one, in pairs, in both orders (the figure is the median
+              of the pairs' ratios: `scrape_vs_none_64`).
 
 Every phase runs a fixed count of operations (not a fixed time), so runs are
 comparable; each is repeated (--reps, default 3) and the median is reported.
@@ -66,6 +70,7 @@ from typing import Any
 
 import cni_exec
 import msgpack
+from scraper import Scraper
 
 HERE = Path(__file__).resolve().parent
 RPC_LOAD = HERE / "rpc_load.py"
@@ -87,6 +92,11 @@ CNI_LEASES = (0, 5000)
 CNI_TARGETS = {0: 1.0, 5000: 3.0}
 HOST_LOCAL_SUBNET = "10.200.0.0/16"
 SEED_SUBNET = ipaddress.IPv4Network("10.203.0.0/16")
+NET_SCRAPE = {"name": "benchscrape", "subnets": [{"subnet": "10.204.0.0/16"}]}
+SCRAPE_CLIENTS = 64
+SCRAPE_PERIOD_S = 0.1
+# Allocations per measured phase (about 2 s at 64 clients on two shared cores).
+SCRAPE_OPS = {"full": 48000, "quick": 3000}
 
 
 @dataclass(frozen=True)
@@ -217,11 +227,12 @@ def wait_for_socket(server: Server, probe: Callable[[], None]) -> None:
     raise TimeoutError(f"{server.name} did not answer within {START_TIMEOUT_S}s")
 
 
-def start_ipamd(root: Path) -> Server:
+def start_ipamd(root: Path, config: Path | None = None) -> Server:
     sock, state, log_path = root / "ipamd.sock", root / "ipamd-state", root / "ipamd.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [*ipamd_command(), "--socket", str(sock), "--state-dir", str(state)],
+            [*ipamd_command(), "--socket", str(sock), "--state-dir", str(state)]
+            + (["--config", str(config)] if config is not None else []),
             stdout=out,
             stderr=out,
         )
@@ -447,6 +458,118 @@ def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[s
         echo_epoll.stop()
     results["rpc"] = series
     return ipamd
+
+
+# -- a scraper against none ------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ScrapePhase:
+    phase: Phase
+    scraper: Scraper | None
+
+
+def bench_scrape(root: Path, sizes: Sizes, quick: bool, results: dict[str, Any]) -> None:
+    """Pairs of alloc phases, one with a scraper and one without, in both orders."""
+    base = root / "scrape"
+    base.mkdir()
+    port = free_port()
+    config = base / "ipamd.toml"
+    config.write_text(f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    ipamd = start_ipamd(base, config)
+    control = Rpc(ipamd.socket)
+    control.call("network.create", NET_SCRAPE)
+    count = SCRAPE_OPS["quick" if quick else "full"]
+    procs = CLIENT_PROCESSES[SCRAPE_CLIENTS]
+    params: dict[str, Any] = {"networks": {NET_SCRAPE["name"]: {}}}
+    pairs: list[dict[str, ScrapePhase]] = []
+    try:
+        for rep in range(sizes.reps):
+            for order in (("none", "scrape"), ("scrape", "none")):
+                pair: dict[str, ScrapePhase] = {}
+                for mode in order:
+                    prefix = f"s{rep}{order[0]}{mode}-"
+                    scraper = Scraper(port, SCRAPE_PERIOD_S) if mode == "scrape" else None
+                    with scraper or contextlib.nullcontext():
+                        phase = run_load(
+                            ipamd, "alloc", params, prefix, count, SCRAPE_CLIENTS, procs, control
+                        )
+                    # Back to an empty network, so that every phase starts alike (unmeasured).
+                    run_load(ipamd, "release", params, prefix, count, SCRAPE_CLIENTS, procs)
+                    pair[mode] = ScrapePhase(phase, scraper)
+                    scraped = (
+                        f" scrapes={len(scraper.latencies_s)} failed={scraper.failures}"
+                        if scraper
+                        else ""
+                    )
+                    log(
+                        f"  rep {rep + 1} ipamd alloc clients={SCRAPE_CLIENTS} scraper={mode:6}:"
+                        f" {phase.rate:9.0f}/s p99={phase.lat_ms(99):7.2f}ms{scraped}"
+                    )
+                pairs.append(pair)
+    finally:
+        control.close()
+        ipamd.stop()
+    results["scrape"] = pairs
+
+
+def summarise_scrape(pairs: list[dict[str, ScrapePhase]] | None) -> dict[str, Any]:
+    if not pairs:
+        return {"scrape_vs_none_64": None}
+    scraped = [p["scrape"] for p in pairs]
+    plain = [p["none"] for p in pairs]
+    latencies = sorted(x for s in scraped if s.scraper for x in s.scraper.latencies_s)
+    scrapes = sum(len(s.scraper.latencies_s) for s in scraped if s.scraper)
+    return {
+        "scrape_vs_none_64": median([p["scrape"].phase.rate / p["none"].phase.rate for p in pairs]),
+        "scrape_allocs_per_s_64": median([s.phase.rate for s in scraped]),
+        "no_scrape_allocs_per_s_64": median([s.phase.rate for s in plain]),
+        "scrape_p99_ms_64": median([s.phase.lat_ms(99) for s in scraped]),
+        "no_scrape_p99_ms_64": median([s.phase.lat_ms(99) for s in plain]),
+        "scrape_srv_us_per_op_64": median(
+            [s.phase.server_cpu_s / s.phase.ops * 1e6 for s in scraped]
+        ),
+        "no_scrape_srv_us_per_op_64": median(
+            [s.phase.server_cpu_s / s.phase.ops * 1e6 for s in plain]
+        ),
+        "scrape_ms_p50": percentile(latencies, 50) * 1000,
+        "scrape_ms_p99": percentile(latencies, 99) * 1000,
+        "scrapes": scrapes,
+        "scrape_failures": sum(s.scraper.failures for s in scraped if s.scraper),
+        "scrape_bytes": max((s.scraper.body_bytes for s in scraped if s.scraper), default=0),
+    }
+
+
+def print_scrape(summary: dict[str, Any], results: dict[str, Any]) -> None:
+    p = print
+    p()
+    if not results.get("scrape"):
+        p("scrape: not run")
+        return
+    p(
+        f"ipamd alloc at {SCRAPE_CLIENTS} clients, a scraper every {SCRAPE_PERIOD_S * 1000:.0f} ms"
+        f" against none ({len(results['scrape'])} pairs, both orders; medians)"
+    )
+    for mode, key in (("none", "no_scrape"), ("scrape", "scrape")):
+        p(
+            f"  {mode:6}  {fmt(summary[f'{key}_allocs_per_s_64']):>8}/s"
+            f"  p99 {fmt(summary[f'{key}_p99_ms_64'], '.2f')} ms"
+            f"  server {fmt(summary[f'{key}_srv_us_per_op_64'], '.1f')} us/alloc"
+        )
+    p(
+        f"  scrapes: {summary['scrapes']} ({summary['scrape_failures']} failed),"
+        f" {summary['scrape_bytes']} bytes each, p50 {fmt(summary['scrape_ms_p50'], '.2f')} ms,"
+        f" p99 {fmt(summary['scrape_ms_p99'], '.2f')} ms"
+    )
+    value = summary["scrape_vs_none_64"]
+    verdict = "n/a" if value is None else ("met" if value >= 0.97 else "MISSED")
+    p(f"  {'with a scraper >= 97% of without':40} {fmt(value, '.1%'):>8}  {verdict}")
 
 
 # -- host-local -------------------------------------------------------------------------
@@ -780,6 +903,7 @@ def summarise(results: dict[str, Any], levels: tuple[int, ...]) -> dict[str, Any
     cni: cni_exec.Comparison | None = results.get("cni")
     out["ipamd_cni_exec_pairs_per_s_1"] = cni.pair_rate("ipamd", 0) if cni else None
     out.update(cni_exec.summary(cni) if cni else {"cni_vs_hostlocal_exec_ratio": None})
+    out.update(summarise_scrape(results.get("scrape")))
     return out
 
 
@@ -934,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=("rpc", "hostlocal", "seed", "cni"),
+        choices=("rpc", "hostlocal", "seed", "cni", "scrape"),
         help="run only these sections",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
@@ -945,7 +1069,7 @@ def main(argv: list[str] | None = None) -> int:
             sizes.ops_per_level, sizes.hostlocal_ops, sizes.seed_ops, sizes.cni_ops, args.reps
         )
     levels = tuple(args.clients or CLIENT_LEVELS)
-    sections = set(args.only or ("rpc", "hostlocal", "seed", "cni"))
+    sections = set(args.only or ("rpc", "hostlocal", "seed", "cni", "scrape"))
     results: dict[str, Any] = {"quick": args.quick, "reps": sizes.reps, "levels": levels}
     started = time.monotonic()
     log(
@@ -971,12 +1095,16 @@ def main(argv: list[str] | None = None) -> int:
             if "cni" in sections and ipamd is not None:
                 log("CNI plugins ...")
                 bench_cni(ipamd, root, sizes, results)
+            if "scrape" in sections:
+                log("a scraper against none ...")
+                bench_scrape(root, sizes, args.quick, results)
         finally:
             if ipamd is not None:
                 ipamd.stop()
     results["seconds"] = time.monotonic() - started
     summary = summarise(results, levels)
     print_tables(results, summary, levels)
+    print_scrape(summary, results)
     print(f"\n(total {results['seconds']:.0f} s)")
     if args.json:
         print(json.dumps(summary_json(summary, results)))

@@ -284,6 +284,15 @@ def build_parser() -> argparse.ArgumentParser:
         "per network and subnet: size, allocatable, used, free, utilisation",
         "ipamd-client stats",
     )
+    _subcommand(
+        commands,
+        "metrics",
+        cmd_metrics,
+        "the daemon's Prometheus metrics, in the text exposition format",
+        "ipamd-client metrics > /var/lib/prometheus/node-exporter/ipamd.prom.tmp\n"
+        "mv /var/lib/prometheus/node-exporter/ipamd.prom.tmp"
+        " /var/lib/prometheus/node-exporter/ipamd.prom",
+    )
 
     network = _subcommand(
         commands,
@@ -525,6 +534,14 @@ def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> None:
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
     result = client.stats()
     out.result(result, lambda: render.stats_lines(result))
+
+
+def cmd_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
+    text = client.metrics()
+    if out.as_json:
+        out.result({"text": text}, lambda: [])
+    else:
+        out.stream.write(text)  # already one metric a line, newline-terminated
 
 
 def cmd_network_create(client: Client, args: argparse.Namespace, out: Output) -> None:

@@ -7,6 +7,7 @@ a `ConfigError` naming the key and the value (the daemon exits 78).
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -71,9 +72,20 @@ class Config:
     allow_gids: frozenset[int] = frozenset()
     limits: Limits = field(default_factory=Limits)
     networks: tuple[Network, ...] = ()
+    # [metrics] listen: (IP address, port) of the HTTP endpoint to bind; None: none.
+    metrics_listen: tuple[str, int] | None = None
 
 
-TOP_KEYS = {"socket", "state_dir", "log_level", "socket_mode", "socket_group", "auth", "limits"}
+TOP_KEYS = {
+    "socket",
+    "state_dir",
+    "log_level",
+    "socket_mode",
+    "socket_group",
+    "auth",
+    "limits",
+    "metrics",
+}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -127,6 +139,7 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
         allow_gids=frozenset(_ids(auth, "allow_gids")),
         limits=limits,
         networks=_networks(raw.get("networks", [])),
+        metrics_listen=_listen_address(_table(raw, "metrics", {"listen"}).get("listen")),
     )
 
 
@@ -176,6 +189,29 @@ def _group(value: Any) -> int | None:
         except KeyError:
             raise ConfigError(f"socket_group {value!r}: no such group") from None
     raise ConfigError(f"socket_group must be a group name or gid, got {value!r}")
+
+
+def _listen_address(value: Any) -> tuple[str, int] | None:
+    """`[metrics] listen`: "IPv4:PORT" or "[IPv6]:PORT", an address literal (no name lookup)."""
+    if value is None:
+        return None
+    example = 'like "127.0.0.1:9388" or "[::1]:9388"'
+    if not isinstance(value, str):
+        raise ConfigError(f"metrics.listen must be a string {example}, got {value!r}")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(
+            f"metrics.listen {value!r} is not an IP address and port {example}"
+        ) from None
+    if address.version == 6 and not value.startswith("["):
+        raise ConfigError(f"metrics.listen {value!r}: write an IPv6 address in brackets, {example}")
+    if not (port_text.isascii() and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise ConfigError(f"metrics.listen {value!r}: the port must be 1-65535, {example}")
+    return str(address), int(port_text)
 
 
 def _networks(value: Any) -> tuple[Network, ...]:

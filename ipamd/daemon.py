@@ -5,6 +5,7 @@ One nursery tree (daemon(7) style: foreground, stderr, sd_notify):
     run_daemon
       +- writer.run          the only writer; cancelled last but one
       +- server.serve        listener + one task per connection
+      +- metrics endpoint    HTTP GET /metrics, when a metrics socket is given
       +- watchdog            WATCHDOG=1 at half WATCHDOG_USEC
       +- (waits for SIGTERM/SIGINT)
 
@@ -33,6 +34,7 @@ from ipamd import __version__, journal, sdnotify
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
 from ipamd.errors import IpamError, NetworkExists
+from ipamd.metrics import Metrics
 from ipamd.server import Server
 from ipamd.service import Service
 from ipamd.status_line import StatusReporter
@@ -51,6 +53,8 @@ EXIT_CONFIG = 78
 # Bound on how long shutdown waits for connections to send their last answers.
 SHUTDOWN_GRACE_S = 5.0
 LISTEN_BACKLOG = 1024
+# FileDescriptorName= of systemd/ipamd-metrics.socket: that fd serves HTTP metrics.
+METRICS_FD_NAME = "metrics"
 
 
 class BindError(Exception):
@@ -120,7 +124,9 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-async def run_daemon(config: Config, listening: socket.socket) -> None:
+async def run_daemon(
+    config: Config, listening: socket.socket, metrics_listening: socket.socket | None = None
+) -> None:
     store = Store(config.state_dir)
     await trio.to_thread.run_sync(store.open)
     try:
@@ -130,6 +136,8 @@ async def run_daemon(config: Config, listening: socket.socket) -> None:
         server: Server | None = None
         service = Service(writer, config, lambda: server.connections if server else 0)
         server = Server(service, config.limits)
+        metrics = Metrics(service, server)
+        service.metrics_text = metrics.text
         async with trio.open_nursery() as nursery:
             writer_scope = trio.CancelScope()
             writer_done = trio.Event()
@@ -146,6 +154,13 @@ async def run_daemon(config: Config, listening: socket.socket) -> None:
             await ensure_networks(writer, config)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(listening))
+                if metrics_listening is not None:
+                    from ipamd.metrics_http import MetricsEndpoint
+
+                    metrics.prepare()  # the import, before READY rather than in a scrape
+                    endpoint = MetricsEndpoint(metrics.render)
+                    await nursery.start(endpoint.serve, metrics_listening)
+                    log.info("metrics on http://%s/metrics", _address_text(metrics_listening))
                 leases = sum(snap.leases for snap in writer.committed.values())
                 log.info(
                     "ready: %d network(s), %d lease(s), socket %s, state %s",
@@ -225,23 +240,46 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     setup_logging(config.log_level)
     passed: list[socket.socket] = []
+    metrics_listening: socket.socket | None = None
     try:
-        passed = sdnotify.listen_fds()
+        named = sdnotify.listen_fds_with_names()
+        passed = [sock for name, sock in named if name != METRICS_FD_NAME]
+        metrics_listening = next((s for n, s in named if n == METRICS_FD_NAME), None)
+        if metrics_listening is None and config.metrics_listen is not None:
+            metrics_listening = bind_metrics_listen(config.metrics_listen)
         listening = passed[0] if passed else bind_socket(config)
     except (BindError, ValueError) as e:
         log.error("%s", e)
         return EXIT_CANTCREAT
     try:
-        trio.run(run_daemon, config, listening)
+        trio.run(run_daemon, config, listening, metrics_listening)
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as e:
         return _exit_status_of(e)
     finally:
         listening.close()
+        if metrics_listening is not None:
+            metrics_listening.close()
         if not passed:
             _unlink_socket(config.socket)
     return EXIT_OK
+
+
+def bind_metrics_listen(address: tuple[str, int]) -> socket.socket:
+    """`[metrics] listen`, bound (BindError, exit status 73, when it cannot be)."""
+    from ipamd.metrics_http import bind_metrics
+
+    host, port = address
+    try:
+        return bind_metrics(host, port)
+    except OSError as e:
+        raise BindError(f"cannot bind the metrics endpoint {host}:{port}: {e.strerror}") from e
+
+
+def _address_text(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 FATAL_ERRORS: tuple[tuple[type[Exception], int], ...] = (

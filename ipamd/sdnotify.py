@@ -81,6 +81,28 @@ def listen_fds() -> list[socket.socket]:
             os.environ.pop(name, None)
 
 
+def listen_fds_with_names() -> list[tuple[str, socket.socket]]:
+    """`listen_fds()`, each with its name from LISTEN_FDNAMES (FileDescriptorName=
+    in a socket unit; the unit's name by default), as sd_listen_fds_with_names(3).
+
+    Names are "unknown" when LISTEN_FDNAMES is unset. Raises ValueError when it
+    names a different number of fds than LISTEN_FDS passes.
+    """
+    names_text = os.environ.get("LISTEN_FDNAMES")
+    socks = listen_fds()
+    if not socks:
+        return []
+    names = names_text.split(":") if names_text is not None else ["unknown"] * len(socks)
+    if len(names) != len(socks):
+        for sock in socks:
+            sock.close()
+        raise ValueError(
+            f"LISTEN_FDNAMES={names_text!r} names {len(names)} fd(s),"
+            f" but LISTEN_FDS passes {len(socks)}"
+        )
+    return list(zip(names, socks, strict=True))
+
+
 def watchdog_interval() -> float | None:
     """How often to send "WATCHDOG=1", in seconds; None when not asked to.
 

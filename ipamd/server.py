@@ -49,6 +49,7 @@ import trio
 
 from ipamd.config import Limits
 from ipamd.errors import IpamError, Unavailable
+from ipamd.instruments import LATENCY_BUCKETS_S, Histogram
 from ipamd.peercred import peer_credentials
 from ipamd.protocol import (
     NEED_DATA,
@@ -103,6 +104,10 @@ class Server:
         self._accept_scope = trio.CancelScope()
         self._quiet = trio.Event()  # set whenever no mutation is in flight
         self._quiet.set()
+        # For the metrics (metrics.py reads them when scraped).
+        self.accepted = 0
+        self.refused = 0
+        self.alloc_seconds = Histogram(LATENCY_BUCKETS_S)  # request read -> answer written
 
     @property
     def connections(self) -> int:
@@ -152,6 +157,7 @@ class Server:
             client.setblocking(False)
             if self.connections >= self.limits.max_connections:
                 log.warning("connection cap (%d) reached; refusing one", self.connections)
+                self.refused += 1
                 client.close()
                 continue
             try:
@@ -161,6 +167,7 @@ class Server:
                 client.close()
                 continue
             self._by_fd[connection.fd] = connection
+            self.accepted += 1
             connection.update_interest()
 
     # -- the poller ------------------------------------------------------------------
@@ -267,6 +274,9 @@ class Connection:
         self.closed = False
         now = time.monotonic()
         self.active_at = now  # last bytes received or answer sent: the idle clock
+        # When the bytes of the requests now buffered were read: no read happens while
+        # any are buffered, so it is every one's arrival time (for alloc latency).
+        self.read_at = now
         self.frame_started_at: float | None = None  # first byte of an unfinished frame
         self.stuck_since: float | None = None  # the outbox last made no progress
 
@@ -313,7 +323,7 @@ class Connection:
             log.debug("receive from %s failed: %s", self.peer, e.strerror)
             self.close()
             return
-        self.active_at = now
+        self.active_at = self.read_at = now
         self.rpc.receive_data(data)
         if not data:
             self.eof = True
@@ -347,6 +357,7 @@ class Connection:
                 log.debug("ignoring notification %r from %s", event.method, self.peer)
             elif isinstance(event, ProtocolViolation):
                 log.info("bad frame from %s: %s", self.peer, event.error)
+                self.service.counters.errors["frame", event.error.name] += 1
                 if event.msgid is not None or event.fatal:
                     self._reply(event.msgid or 0, event.error, None)
                 if event.fatal:
@@ -378,7 +389,8 @@ class Connection:
     def _start_mutation(self, request: Request) -> None:
         self.in_flight += 1
         self.server.mutation_started()
-        answered = functools.partial(self._mutation_answered, request.msgid)
+        received = self.read_at if request.method == "alloc" else None
+        answered = functools.partial(self._mutation_answered, request.msgid, received)
         try:
             self.service.start_mutation(request.method, request.params, self.peer, answered)
         except IpamError as e:
@@ -387,13 +399,17 @@ class Connection:
             log.exception("%s failed", request.method)
             answered(None, Unavailable("internal error; see the daemon's log"))
 
-    def _mutation_answered(self, msgid: int, result: Any, error: IpamError | None) -> None:
-        """The writer's callback (or the refusal above)."""
+    def _mutation_answered(
+        self, msgid: int, received: float | None, result: Any, error: IpamError | None
+    ) -> None:
+        """The writer's callback (or the refusal above); `received`: when an alloc was read."""
         self.in_flight -= 1
         self.server.mutation_done()
         if self.closed:
             return  # the client is gone: nobody to tell
-        self.active_at = time.monotonic()
+        self.active_at = now = time.monotonic()
+        if received is not None:
+            self.server.alloc_seconds.observe(now - received)
         self._reply(msgid, error, result)
         if self.buffered:
             self.server.wake(self)  # requests held back by the in-flight cap

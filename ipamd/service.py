@@ -38,6 +38,7 @@ from ipamd.errors import (
     PermissionDenied,
     UnknownMethod,
 )
+from ipamd.instruments import RequestCounters
 from ipamd.mutation_log import MutationLog
 from ipamd.writer import NetworkSnapshot, OnDone, Writer
 
@@ -81,13 +82,19 @@ def wire_count(n: int) -> int | str:
 
 class Service:
     def __init__(
-        self, writer: Writer, config: Config, connection_count: Callable[[], int] = lambda: 0
+        self,
+        writer: Writer,
+        config: Config,
+        connection_count: Callable[[], int] = lambda: 0,
+        metrics_text: Callable[[], str] = lambda: "",
     ) -> None:
         self.writer = writer
         self.config = config
         self.connection_count = connection_count
+        self.metrics_text = metrics_text  # the Prometheus exposition (metrics.py)
         self.started = time.monotonic()
         self.mutation_log = MutationLog()
+        self.counters = RequestCounters()
         self._own_uid = os.getuid()
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.ping,
@@ -98,6 +105,7 @@ class Service:
             "get": self.get,
             "lease.list": self.lease_list,
             "lease.owner": self.lease_owner,
+            "metrics": self.metrics,
         }
 
     def is_mutation(self, method: str) -> bool:
@@ -114,9 +122,14 @@ class Service:
     def read(self, method: str, params: dict[str, Any]) -> Any:
         """Answer a read. REQUIRES: not is_mutation(method)."""
         handler = self._reads.get(method)
-        if handler is None:
-            raise UnknownMethod(f"no such method {method!r}")
-        return handler(params)
+        try:
+            if handler is None:
+                raise UnknownMethod(f"no such method {method!r}")
+            return handler(params)
+        except IpamError as e:
+            # Any name a client sends would be a new label value: bound them.
+            self.counters.answered(method if handler else "unknown", None, e)
+            raise
 
     def start_mutation(
         self, method: str, params: dict[str, Any], peer: Peer, on_done: OnDone
@@ -127,10 +140,12 @@ class Service:
         with the caller's pid and uid.
         """
         subject, caller = _subject(params), peer.text
+        dry_run = params.get("dry_run") is True
 
         def done(result: Any, error: IpamError | None) -> None:
             outcome = "ok" if error is None else f"{error.name}: {error}"
             self.mutation_log.record(method, subject, caller, outcome)
+            self.counters.answered(method, result, error, dry_run=dry_run)
             on_done(result, error)
 
         try:
@@ -141,6 +156,7 @@ class Service:
             self.writer.submit_nowait(MUTATIONS[method](params), done)
         except IpamError as e:
             self.mutation_log.record(method, subject, caller, f"{e.name}: {e}")
+            self.counters.answered(method, None, e)
             raise
 
     # -- reads ---------------------------------------------------------------------
@@ -172,6 +188,10 @@ class Service:
             "failed_writes": self.writer.failed_writes,
             "connections": self.connection_count(),
         }
+
+    def metrics(self, params: dict[str, Any]) -> Any:
+        check_keys(params, set(), "metrics")
+        return {"text": self.metrics_text()}
 
     def _network_wire(self, snap: NetworkSnapshot, with_stats: bool) -> dict[str, Any]:
         out = snap.network.to_wire()

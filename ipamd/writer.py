@@ -52,6 +52,7 @@ from ipamd.core.requests import (
 )
 from ipamd.core.view import Change, DeleteLease, PendingLeases, PutLease, SetCursor
 from ipamd.errors import IpamError, StorageError, Unavailable
+from ipamd.instruments import GROUP_SIZE_BUCKETS, LATENCY_BUCKETS_S, Histogram
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 
 log = logging.getLogger("ipamd.writer")
@@ -183,10 +184,23 @@ class Writer:
         self.batches = 0
         self.mutations = 0
         self.failed_writes = 0
+        self.group_sizes = Histogram(GROUP_SIZE_BUCKETS)  # mutations per published group
+        self.sync_seconds = Histogram(LATENCY_BUCKETS_S)  # one batch written and synced
 
     @property
     def mean_batch_size(self) -> float:
         return self.mutations / self.batches if self.batches else 0.0
+
+    @property
+    def queued(self) -> int:
+        """Mutations waiting to be decided."""
+        return len(self._queue)
+
+    @property
+    def healthy(self) -> bool:
+        """Accepting mutations, with the database open and no failed write since
+        the last rebuild: what the next mutation would find."""
+        return self._accepting and not self._dirty and self.store.is_open
 
     # -- the clients' side -------------------------------------------------------
 
@@ -352,7 +366,9 @@ class Writer:
         if group.batch is not None:
             try:
                 assert self._committer is not None  # the syncer runs inside `run`
+                started = time.monotonic()
                 await self._committer.commit(group.batch)
+                self.sync_seconds.observe(time.monotonic() - started)
             except StorageError as e:
                 self.failed_writes += 1
                 log.error("write of %d mutation(s) failed: %s", len(waiters), e)
@@ -364,6 +380,7 @@ class Writer:
         # No checkpoint from here on: publish and answer atomically for readers.
         self.batches += 1
         self.mutations += len(waiters)
+        self.group_sizes.observe(len(waiters))
         self.committed = group.committed
         for waiter, (result, error) in zip(waiters, group.outcomes, strict=True):
             waiter.answer(result, error)

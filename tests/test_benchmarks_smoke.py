@@ -62,7 +62,10 @@ def test_bench_daemon_quick_reports_every_figure(tmp_path: Path) -> None:
         "ratio_vs_seed_style",
         "p99_ms_64",
         "mean_batch_64",
+        "scrape_vs_none_64",
+        "scrapes",
     )
+    assert figures["scrape_failures"] == 0
     for clients in (1, 8, 64, 256):
         assert_positive(figures, f"ipamd_allocs_per_s_{clients}", f"echo_rps_{clients}")
     # host-local is skipped (null figures) only where it is not installed; CI installs it.

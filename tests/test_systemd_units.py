@@ -26,6 +26,7 @@ import pytest
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SERVICE = SYSTEMD_DIR / "ipamd.service"
 SOCKET = SYSTEMD_DIR / "ipamd.socket"
+METRICS_SOCKET = SYSTEMD_DIR / "ipamd-metrics.socket"
 CONFIG = SYSTEMD_DIR / "ipamd.conf"
 
 INSTALLED_DAEMON = "/opt/ipamd/bin/ipamd"
@@ -94,10 +95,15 @@ def test_units_verify_cleanly(tmp_path: Path) -> None:
         service_text.replace(f"ExecStart={INSTALLED_DAEMON} ", f"ExecStart={daemon} ")
     )
     shutil.copy(SOCKET, units / SOCKET.name)
+    shutil.copy(METRICS_SOCKET, units / METRICS_SOCKET.name)
     print(f"verifying with ExecStart={daemon}")
 
     result = systemd_analyze(
-        "verify", "--man=no", str(units / SOCKET.name), str(units / SERVICE.name)
+        "verify",
+        "--man=no",
+        str(units / SOCKET.name),
+        str(units / METRICS_SOCKET.name),
+        str(units / SERVICE.name),
     )
 
     assert (result.returncode, result.stderr) == (0, "")
@@ -156,8 +162,10 @@ def test_example_config_shows_every_key() -> None:
         "socket_group",
         "auth",
         "limits",
+        "metrics",
         "networks",
     }
+    assert config["metrics"] == {"listen": "127.0.0.1:9388"}
     assert set(config["auth"]) == {"allow_uids", "allow_gids"}
     assert config["limits"] == {
         "max_frame_bytes": 1048576,

@@ -31,6 +31,10 @@ def stats() -> Call:
     return "stats", {}
 
 
+def metrics() -> Call:
+    return "metrics", {}
+
+
 def network_create(
     name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
 ) -> Call:
@@ -122,6 +126,16 @@ def expect_list(socket_path: Path, method: str, result: Any) -> list[Any]:
             f"ipamd at {socket_path} answered {method} with {type(result).__name__}, not an array",
         )
     return result
+
+
+def metrics_text(socket_path: Path, result: dict[str, Any]) -> str:
+    """The Prometheus text of a `metrics` result `{"text": str}`."""
+    text = result.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError(
+            socket_path, f"ipamd at {socket_path} answered metrics without a text: {text!r:.80}"
+        )
+    return text
 
 
 def lease_page(socket_path: Path, page: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:

@@ -180,6 +180,10 @@ class Client:
         """`{"networks": [{"name", "leases", "subnets": [...with size, used, free...]}]}`."""
         return self._map(methods.stats())
 
+    def metrics(self) -> str:
+        """The Prometheus text exposition of the daemon's metrics."""
+        return methods.metrics_text(self.socket_path, self._map(methods.metrics()))
+
     def network_create(
         self, name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
     ) -> dict[str, Any]:

@@ -188,6 +188,10 @@ class TrioClient:
     async def stats(self) -> dict[str, Any]:
         return await self._map(methods.stats())
 
+    async def metrics(self) -> str:
+        """The Prometheus text exposition of the daemon's metrics."""
+        return methods.metrics_text(self.socket_path, await self._map(methods.metrics()))
+
     async def network_create(
         self, name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
     ) -> dict[str, Any]:
