@@ -14,9 +14,11 @@ Rules it keeps, so that no scraper can hurt the daemon:
   whole request must arrive within REQUEST_TIMEOUT_S of waiting for it, and
   an answer must leave within SEND_TIMEOUT_S; either failing closes the
   connection. Keep-alive is allowed within those bounds.
-- Rendering runs on the trio thread (it reads the daemon's state) and is paced:
-  at most one render per MIN_RENDER_INTERVAL_S whatever the scrapers do; a
-  faster scraper waits for its turn (its answer is never stale).
+- Rendering runs on the trio thread (it reads the daemon's state) and is paced,
+  whatever the scrapers do: renders start MIN_RENDER_INTERVAL_S apart at
+  least, and further apart when they are slow (many networks), so that they
+  take at most MAX_LOOP_SHARE of the event loop. A faster scraper waits for
+  its turn; its answer is never stale.
 - Nothing raised while serving one connection leaves its task: a bug is logged
   and that connection closed, the daemon carries on.
 """
@@ -45,8 +47,11 @@ MAX_BODY_BYTES = 1024
 # client cannot hold a slot longer than this per request.
 REQUEST_TIMEOUT_S = 30.0
 SEND_TIMEOUT_S = 10.0
-# Bounds what scrapes cost the event loop: at most 20 renders a second.
+# Bound what scrapes cost the event loop: at most 20 renders a second, and
+# at most 5% of the loop's time (a render takes about 0.3 ms with one network,
+# 5 ms with a hundred: benchmarks/bench_metrics.py).
 MIN_RENDER_INTERVAL_S = 0.05
+MAX_LOOP_SHARE = 0.05
 RECEIVE_BYTES = 4096
 # Lingering close: how long and how much of what a client still sends is dropped.
 LINGER_S = 1.0
@@ -77,12 +82,18 @@ class MetricsEndpoint:
         self._next_render = float("-inf")  # trio's clock: the next render may start then
 
     async def serve(
-        self, sock: socket.socket, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        sock: socket.socket,
+        *,
+        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        """Serve until cancelled. A listening socket that fails for good (trio
+        already waits out EMFILE and the like) stops the endpoint, not the daemon."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle, [listener])
-            task_status.started()
+        try:
+            await trio.serve_listeners(self._handle, [listener], task_status=task_status)
+        except* OSError as group:
+            log.error("metrics: the endpoint stopped: %s", group.exceptions[0])
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         if self.open >= MAX_CONNECTIONS:
@@ -163,17 +174,22 @@ class MetricsEndpoint:
             answer = _plain(405, "only GET and HEAD are allowed on /metrics\n")
             answer[1].append((b"allow", b"GET, HEAD"))
             return answer
-        await self._wait_turn()
-        body = self.render()
-        return 200, [(b"content-type", CONTENT_TYPE)], body
+        return 200, [(b"content-type", CONTENT_TYPE)], await self._render_in_turn()
 
-    async def _wait_turn(self) -> None:
-        """Until this render's slot: slots are MIN_RENDER_INTERVAL_S apart, in order of asking."""
+    async def _render_in_turn(self) -> bytes:
+        """Render once this request's slot comes; slots go in order of asking."""
         now = trio.current_time()
         slot = max(now, self._next_render)
         self._next_render = slot + MIN_RENDER_INTERVAL_S
         if slot > now:
             await trio.sleep_until(slot)
+        started = trio.current_time()
+        body = self.render()
+        ended = trio.current_time()
+        # A slow render pushes the next one out: renders stay under MAX_LOOP_SHARE.
+        rest = (ended - started) * (1 / MAX_LOOP_SHARE - 1)
+        self._next_render = max(self._next_render, ended + rest)
+        return body
 
     @staticmethod
     async def _send(

@@ -382,7 +382,9 @@ class Connection:
             return e, None
         except Exception:
             log.exception("%s failed", request.method)
-            return Unavailable(f"internal error in {request.method}; see the daemon's log"), None
+            error = Unavailable(f"internal error in {request.method}; see the daemon's log")
+            self.service.counters.answered(request.method, None, error)
+            return error, None
 
     # -- mutations -----------------------------------------------------------------------
 

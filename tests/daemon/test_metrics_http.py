@@ -216,6 +216,34 @@ async def test_renders_are_paced_however_fast_scrapers_ask(
     assert min(gaps) >= metrics_http.MIN_RENDER_INTERVAL_S - 1e-9, gaps
 
 
+async def test_slow_renders_are_spaced_out_to_a_share_of_the_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    render_s = 0.01  # as if there were hundreds of networks
+    spans: list[tuple[float, float]] = []
+
+    def render() -> bytes:
+        started = trio.current_time()
+        autojump_clock.jump(render_s)  # the render's own (blocking) time
+        spans.append((started, trio.current_time()))
+        return b"x 1\n"
+
+    endpoint = MetricsEndpoint(render)
+    client, server = trio.testing.memory_stream_pair()
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(endpoint._handle, server)
+        await client.send_all(
+            request * 9 + request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        )
+        assert (await read_all(client)).count(b"200 OK") == 10
+    # From the first render's start to the last one's: every render but the last ran in it.
+    busy = sum(end - start for start, end in spans[:-1])
+    elapsed = spans[-1][0] - spans[0][0]
+    assert busy / elapsed <= metrics_http.MAX_LOOP_SHARE + 1e-6, (busy, elapsed)
+    assert busy / elapsed > metrics_http.MAX_LOOP_SHARE / 2  # paced, not stalled
+
+
 async def test_a_bug_in_one_connection_does_not_stop_the_endpoint(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
