@@ -274,7 +274,13 @@ def bind_metrics_listen(address: tuple[str, int]) -> socket.socket:
     try:
         return bind_metrics(host, port)
     except OSError as e:
-        raise BindError(f"cannot bind the metrics endpoint {host}:{port}: {e.strerror}") from e
+        hint = ""
+        if e.errno in (errno.EAFNOSUPPORT, errno.EPERM, errno.EACCES):
+            # ipamd.service allows only AF_UNIX sockets, in a private network namespace.
+            hint = " (under systemd, enable ipamd-metrics.socket instead of [metrics] listen)"
+        raise BindError(
+            f"cannot bind the metrics endpoint {host}:{port}: {e.strerror}{hint}"
+        ) from e
 
 
 def _address_text(sock: socket.socket) -> str:

@@ -95,7 +95,8 @@ install_units() {
         install -d -m 0755 "$CONF_DIR"
         install -m 0644 "$src/systemd/ipamd.conf" "$CONF_DIR/ipamd.conf"
     fi
-    for unit in ipamd.socket ipamd.service; do
+    # ipamd-metrics.socket is installed but not enabled: metrics over HTTP are opt-in.
+    for unit in ipamd.socket ipamd.service ipamd-metrics.socket; do
         target=$UNIT_DIR/$unit
         if [ -e "$target" ] && ! ours_unit "$target"; then
             die "$target exists and was not installed by this script: move it away first"
@@ -112,7 +113,7 @@ install_units() {
 
 uninstall() {
     purge=$1
-    for unit in ipamd.service ipamd.socket; do
+    for unit in ipamd.service ipamd.socket ipamd-metrics.socket; do
         if ours_unit "$UNIT_DIR/$unit"; then
             systemctl disable --quiet --now "$unit" || true
             rm -f "$UNIT_DIR/$unit"
@@ -122,7 +123,7 @@ uninstall() {
         fi
     done
     systemctl daemon-reload
-    systemctl reset-failed ipamd.service ipamd.socket 2>/dev/null || true
+    systemctl reset-failed ipamd.service ipamd.socket ipamd-metrics.socket 2>/dev/null || true
     for name in $LINKS; do
         if ours_link "$BIN_DIR/$name"; then rm -f "$BIN_DIR/$name"; fi
     done
