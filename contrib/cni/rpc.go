@@ -5,7 +5,7 @@
 //     msgids count up from 1; a reply on msgid 0 is the daemon's verdict on the
 //     connection (a frame it could not read), raised as that daemon error.
 //   - Connecting has its own timeout (connectTimeout); each call has one deadline,
-//     callTimeout from its start, over sending and receiving.
+//     callTimeout from its start, over sending and receiving (socket.go).
 //   - Not reaching the daemon, or losing it mid-call, is a *connectionFailed whose
 //     message names the socket; the daemon's error replies are *daemonError. It
 //     never retries by itself: alloc and release are idempotent, the runtime may.
@@ -16,10 +16,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -72,7 +72,7 @@ func discoverSocket(explicit string, getenv func(string) string) string {
 // client is one connection to the daemon.
 type client struct {
 	path    string
-	conn    net.Conn
+	sock    *unixSocket
 	reader  *bufio.Reader
 	enc     *msgpack.Encoder
 	dec     *msgpack.Decoder
@@ -90,24 +90,22 @@ func (b *writeBuffer) Write(p []byte) (int, error) {
 }
 
 func dial(path string) (*client, error) {
-	conn, err := net.DialTimeout("unix", path, connectTimeout)
-	if err != nil {
-		var netErr net.Error
-		if errors.As(err, &netErr) && netErr.Timeout() {
-			return nil, &connectionFailed{fmt.Sprintf(
-				"timed out after %v connecting to ipamd at %s", connectTimeout, path)}
-		}
+	sock, err := connectUnix(path, connectTimeout)
+	if err == errTimeout {
 		return nil, &connectionFailed{fmt.Sprintf(
-			"cannot connect to ipamd at %s: %v", path, rootCause(err))}
+			"timed out after %v connecting to ipamd at %s", connectTimeout, path)}
 	}
-	c := &client{path: path, conn: conn, nextID: 1, timeout: callTimeout}
-	c.reader = bufio.NewReaderSize(conn, 16<<10)
+	if err != nil {
+		return nil, &connectionFailed{fmt.Sprintf("cannot connect to ipamd at %s: %v", path, err)}
+	}
+	c := &client{path: path, sock: sock, nextID: 1, timeout: callTimeout}
+	c.reader = bufio.NewReaderSize(sock, 16<<10)
 	c.enc = msgpack.NewEncoder(&c.out)
 	c.dec = msgpack.NewDecoder(c.reader)
 	return c, nil
 }
 
-func (c *client) close() { _ = c.conn.Close() }
+func (c *client) close() { c.sock.close() }
 
 // call sends one request and decodes its result into result (nil: skip it).
 func (c *client) call(method string, params interface{}, result interface{}) error {
@@ -124,17 +122,20 @@ func (c *client) call(method string, params interface{}, result interface{}) err
 	if err := c.enc.Encode(params); err != nil {
 		return fmt.Errorf("cannot encode %s params: %w", method, err)
 	}
-	deadline := time.Now().Add(c.timeout)
-	_ = c.conn.SetDeadline(deadline)
-	if _, err := c.conn.Write(c.out.bytes); err != nil {
+	c.sock.deadline = time.Now().Add(c.timeout)
+	if err := c.sock.writeAll(c.out.bytes); err != nil {
 		// The daemon may have hung up with a reason (a frame over its limit): read it.
-		_ = c.conn.SetDeadline(time.Now().Add(lastWordTimeout))
+		c.sock.deadline = time.Now().Add(lastWordTimeout)
 		var lastWord *daemonError
 		if e := c.receive(msgid, nil); errors.As(e, &lastWord) {
 			return lastWord
 		}
+		if err == errTimeout {
+			return &connectionFailed{fmt.Sprintf(
+				"ipamd at %s did not answer within %v", c.path, c.timeout)}
+		}
 		return &connectionFailed{fmt.Sprintf(
-			"lost connection to ipamd at %s while sending: %v", c.path, rootCause(err))}
+			"lost connection to ipamd at %s while sending: %v", c.path, err)}
 	}
 	return c.receive(msgid, result)
 }
@@ -185,9 +186,9 @@ func (c *client) receive(msgid uint32, result interface{}) error {
 }
 
 func (c *client) readFailed(err error, atStart bool) error {
-	var netErr net.Error
+	var errno syscall.Errno
 	switch {
-	case errors.As(err, &netErr) && netErr.Timeout():
+	case errors.Is(err, errTimeout):
 		return &connectionFailed{fmt.Sprintf(
 			"ipamd at %s did not answer within %v", c.path, c.timeout)}
 	case atStart && errors.Is(err, io.EOF):
@@ -196,25 +197,12 @@ func (c *client) readFailed(err error, atStart bool) error {
 	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
 		return &connectionFailed{fmt.Sprintf(
 			"ipamd at %s closed the connection in the middle of a reply (%v)", c.path, err)}
-	case errors.As(err, new(*net.OpError)):
-		return &connectionFailed{fmt.Sprintf(
-			"lost connection to ipamd at %s: %v", c.path, rootCause(err))}
+	case errors.As(err, &errno):
+		return &connectionFailed{fmt.Sprintf("lost connection to ipamd at %s: %v", c.path, errno)}
 	}
 	return c.badFrame(err)
 }
 
 func (c *client) badFrame(err error) error {
 	return &connectionFailed{fmt.Sprintf("ipamd at %s sent a bad frame: %v", c.path, err)}
-}
-
-// rootCause is the innermost error: "no such file or directory" rather than
-// "dial unix /run/ipamd/ipamd.sock: connect: no such file or directory".
-func rootCause(err error) error {
-	for {
-		inner := errors.Unwrap(err)
-		if inner == nil {
-			return err
-		}
-		err = inner
-	}
 }
