@@ -824,7 +824,11 @@ def bench_cni(ipamd: Server, root: Path, sizes: Sizes, results: dict[str, Any]) 
         results["cni"] = None
         results["cni_problem"] = str(e)
         return
-    plugins = [cni_exec.host_local(root / "cni"), cni_exec.ipamd_plugin(binary, ipamd.socket)]
+    timing = root / "cni-timing"
+    plugins = [
+        cni_exec.host_local(root / "cni"),
+        cni_exec.ipamd_plugin(binary, ipamd.socket, timing),
+    ]
     results["cni"] = cni_exec.compare(
         plugins, CNI_LEASES, sizes.cni_ops, sizes.reps, workers=1, log=log
     )

@@ -7,10 +7,10 @@ the two plugins take turns going first, so machine noise hits both alike.
 Figures: ADD and DEL execs per second, p50/p99 wall time per exec, ADD+DEL
 pairs per second, and ipamd's over host-local's pairs (`exec ratio`).
 
-ipamd's plugin is run with IPAMD_CNI_TIMING=1, so each exec also reports where
-its time went, on the same clock (CLOCK_MONOTONIC) the benchmark reads around
-the exec: process start (spawn to main), config parse, connect, RPC, and exit
-(last reply to reaped). A VERSION exec of each plugin (no config, no I/O) is
+ipamd's plugin is run with IPAMD_CNI_TIMING naming a file, so each exec also
+reports where its time went, on the same clock (CLOCK_MONOTONIC) the benchmark
+reads around the exec: process start (spawn to main), config parse, connect,
+RPC, and exit (last reply to reaped). A VERSION exec of each plugin (no config, no I/O) is
 the floor a Go plugin's start costs on this machine.
 
 Existing leases: host-local's are its own lease files, written directly;
@@ -66,13 +66,21 @@ def plugin_binary(build_dir: Path) -> Path:
     return binary
 
 
-@dataclass(frozen=True)
+@dataclass
 class Exec:
-    wall_s: float
-    split_s: dict[str, float] | None  # ipamd's plugin only
+    container: str
+    start_ns: int  # CLOCK_MONOTONIC before the spawn
+    end_ns: int  # and after the reap
+    split_s: dict[str, float] | None = None  # ipamd's plugin only, from its timing line
+
+    @property
+    def wall_s(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e9
 
 
-def exec_cni(binary: str, command: str, container: str, conf: bytes, timing: bool = False) -> Exec:
+def exec_cni(
+    binary: str, command: str, container: str, conf: bytes, timing: Path | None = None
+) -> Exec:
     """Run one CNI command as a runtime does: environment, config on stdin."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -82,28 +90,33 @@ def exec_cni(binary: str, command: str, container: str, conf: bytes, timing: boo
         "CNI_IFNAME": "eth0",
         "CNI_PATH": str(HOST_LOCAL.parent),
     }
-    if timing:
-        env[TIMING_ENV] = "1"
+    if timing is not None:
+        env[TIMING_ENV] = str(timing)
     t0 = time.monotonic_ns()
     proc = subprocess.run([binary], input=conf, capture_output=True, env=env, check=False)
     t1 = time.monotonic_ns()
     if proc.returncode != 0:
         out = (proc.stdout + proc.stderr).decode(errors="replace")
         raise RuntimeError(f"{binary} {command} {container} exited {proc.returncode}: {out[:600]}")
-    return Exec((t1 - t0) / 1e9, _split(proc.stderr, t0, t1) if timing else None)
+    return Exec(container, t0, t1)
 
 
-def _split(stderr: bytes, t0: int, t1: int) -> dict[str, float] | None:
-    for line in stderr.decode(errors="replace").splitlines():
-        if line.startswith(TIMING_PREFIX):
-            marks = dict(item.split("=") for item in line[len(TIMING_PREFIX) :].split())
-            start, parsed, connected, replied = (
-                int(marks[k]) for k in ("start", "parsed", "connected", "replied")
-            )
-            points = (t0, start, parsed, connected, replied, t1)
-            spans = zip(SPLIT, points, points[1:], strict=False)
-            return {name: (b - a) / 1e9 for name, a, b in spans}
-    return None
+def read_splits(timing: Path, execs: list[Exec]) -> None:
+    """Fill in each exec's split from the plugin's timing lines (one per exec, by container)."""
+    by_container = {e.container: e for e in execs}
+    for line in timing.read_text().splitlines():
+        _command, container, *fields = line.split()
+        e = by_container.get(container)
+        if e is None:
+            continue
+        marks = dict(field.split("=") for field in fields)
+        points = (
+            e.start_ns,
+            *(int(marks[k]) for k in ("start", "parsed", "connected", "replied")),
+            e.end_ns,
+        )
+        spans = zip(SPLIT, points, points[1:], strict=False)
+        e.split_s = {name: (b - a) / 1e9 for name, a, b in spans}
 
 
 @dataclass
@@ -122,8 +135,18 @@ class Phase:
 
 
 def run_phase(
-    binary: str, command: str, prefix: str, count: int, workers: int, conf: bytes, timing: bool
+    binary: str,
+    command: str,
+    prefix: str,
+    count: int,
+    workers: int,
+    conf: bytes,
+    timing: Path | None = None,
 ) -> Phase:
+    """`count` execs, `workers` at a time; with `timing`, the plugin's split of each."""
+    if timing is not None:
+        timing.unlink(missing_ok=True)
+
     def one(i: int) -> Exec:
         return exec_cni(binary, command, f"{prefix}{i:08d}", conf, timing)
 
@@ -133,7 +156,10 @@ def run_phase(
     else:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             execs = list(pool.map(one, range(count)))
-    return Phase(time.monotonic() - start, execs)
+    phase = Phase(time.monotonic() - start, execs)
+    if timing is not None:
+        read_splits(timing, execs)
+    return phase
 
 
 # -- the two plugins ----------------------------------------------------------------------
@@ -143,7 +169,7 @@ def run_phase(
 class Plugin:
     name: str
     binary: str
-    timing: bool
+    timing: Path | None  # the file ipamd's plugin writes its timing lines to
     # existing leases -> the network config for ADD/DEL, once those leases exist
     prepare: Callable[[int], bytes]
 
@@ -155,16 +181,16 @@ def host_local(root: Path) -> Plugin:
         ipam = {"type": "host-local", "dataDir": str(data_dir)}
         return network_conf("bench", ipam, HOST_LOCAL_SUBNET)
 
-    return Plugin("host-local", str(HOST_LOCAL), False, prepare)
+    return Plugin("host-local", str(HOST_LOCAL), None, prepare)
 
 
-def ipamd_plugin(binary: Path, socket: Path) -> Plugin:
+def ipamd_plugin(binary: Path, socket: Path, timing: Path) -> Plugin:
     def prepare(leases: int) -> bytes:
         network = f"benchcni{leases}"
         prefill_ipamd(socket, network, IPAMD_SUBNET, leases)
         return network_conf(network, {"type": "ipamd", "socket": str(socket)}, IPAMD_SUBNET)
 
-    return Plugin("ipamd", str(binary), True, prepare)
+    return Plugin("ipamd", str(binary), timing, prepare)
 
 
 def network_conf(name: str, ipam: dict[str, Any], subnet: str) -> bytes:

@@ -71,7 +71,7 @@ def main() -> None:
         try:
             plugins = [
                 cni_exec.host_local(root),
-                cni_exec.ipamd_plugin(binary, root / "ipamd.sock"),
+                cni_exec.ipamd_plugin(binary, root / "ipamd.sock", root / "timing"),
             ]
             log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
             comparison = cni_exec.compare(

@@ -31,7 +31,7 @@ var commands = map[string]bool{"ADD": true, "DEL": true, "CHECK": true, "GC": tr
 func main() {
 	marks.start()
 	status := run(os.Stdin, os.Stdout)
-	marks.report(os.Stderr)
+	marks.report()
 	os.Exit(status)
 }
 
