@@ -121,13 +121,15 @@ OnDone = Callable[[Any, IpamError | None], None]
 class _Waiter:
     """One queued mutation and the callback that answers it."""
 
-    __slots__ = ("mutation", "on_done")
+    __slots__ = ("mutation", "on_done", "writer")
 
-    def __init__(self, mutation: Mutation, on_done: OnDone) -> None:
+    def __init__(self, mutation: Mutation, on_done: OnDone, writer: Writer) -> None:
         self.mutation = mutation
         self.on_done = on_done
+        self.writer = writer
 
     def answer(self, result: Any = None, error: IpamError | None = None) -> None:
+        self.writer._unanswered -= 1
         try:
             self.on_done(result, error)
         except Exception:  # a bug in one answer must not take the writer down
@@ -170,6 +172,8 @@ class Writer:
         # and only needs waking when the queue stops being empty.
         self._queue: collections.deque[_Waiter] = collections.deque()
         self._queued = trio.Event()
+        # Mutations queued, being decided or written: none means idle (`_unchanged`).
+        self._unanswered = 0
         self._accepting = True
         self._dirty = False  # a write failed: rebuild before the next decision
         self._failed_write: StorageError | None = None  # until the rebuild
@@ -231,8 +235,29 @@ class Writer:
             raise Unavailable("ipamd is shutting down")
         if len(self._queue) >= self.max_queue:
             raise Unavailable("too many mutations queued; try again later")
-        self._queue.append(_Waiter(mutation, on_done))
+        if isinstance(mutation, CreateNetworkRequest):
+            existing = self._unchanged(mutation.network)
+            if existing is not None:
+                on_done(existing.to_wire(), None)
+                return
+        self._unanswered += 1
+        self._queue.append(_Waiter(mutation, on_done, self))
         self._queued.set()
+
+    def _unchanged(self, network: Network) -> Network | None:
+        """The stored network, when creating `network` is sure to be a no-op
+        that a writer round would only confirm: the writer is idle (nothing
+        queued, decided or being written), so its state is what is synced, and
+        holds this very definition. Every container start's CNI ADD ensures its
+        network first; answered here it costs a read, not a trip through the
+        writer task, its syncer and back (about 0.1 ms of a lone client's ADD).
+        Under load it takes its turn in order, as every mutation does."""
+        if self._unanswered or self._dirty or self._committer is None:
+            return None
+        pool = self.allocator.pools.get(network.name)
+        if pool is None or pool.network != network:
+            return None
+        return pool.network
 
     # -- the writer task -----------------------------------------------------------
 

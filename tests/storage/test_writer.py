@@ -8,6 +8,7 @@ real methods (test_enospc.py makes the disk fail for real).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,48 @@ async def test_a_full_queue_refuses_with_unavailable(state_dir: Path) -> None:
         nursery.cancel_scope.cancel()
     # Both queued ones were answered (network_not_found: no network was created).
     assert [getattr(o, "name", None) for o in outcomes] == ["network_not_found"] * 2
+
+
+async def test_an_identical_create_on_an_idle_writer_is_answered_without_a_write(
+    state_dir: Path,
+) -> None:
+    writer = flaky_writer(state_dir)
+    async with running(writer):
+        created = await writer.submit(create(network()))
+        batches, syncs = writer.batches, flaky(writer).syncs
+        assert await writer.submit(create(network())) == created
+        assert (writer.batches, flaky(writer).syncs) == (batches, syncs)
+        other = await outcome(writer, create(network(NET, "10.99.0.0/24")))
+        assert getattr(other, "name", None) == "network_exists"
+
+
+async def test_an_identical_create_behind_a_delete_waits_its_turn(state_dir: Path) -> None:
+    """Not idle: the create is decided after the delete queued before it (here in
+    the same tick, as two connections' requests in one server round), so it
+    creates the network again rather than confirm the one being deleted."""
+    writer = flaky_writer(state_dir)
+    answered: list[tuple[str, IpamError | None]] = []
+    both = trio.Event()
+
+    def answer(name: str) -> Callable[[Any, IpamError | None], None]:
+        def on_done(_: Any, error: IpamError | None) -> None:
+            answered.append((name, error))
+            if len(answered) == 2:
+                both.set()
+
+        return on_done
+
+    async with running(writer):
+        await writer.submit(create(network()))
+        await writer.submit(alloc("a"))
+        writer.submit_nowait(DeleteNetworkRequest(NET, force=True), answer("delete"))
+        writer.submit_nowait(create(network()), answer("create"))
+        assert answered == []  # the create was not answered from the state before the delete
+        await both.wait()
+    assert answered == [("delete", None), ("create", None)]
+    # Decided after the delete (which released `a`), the create made it anew.
+    assert assert_matches_disk(writer) == {}
+    assert NET in writer.committed
 
 
 async def test_restart_sees_exactly_what_was_answered(state_dir: Path) -> None:
