@@ -32,6 +32,7 @@ const (
 	lastWordTimeout = time.Second
 	socketEnv       = "IPAMD_SOCKET"
 	socketName      = "ipamd.sock"
+	systemSocket    = "/run/ipamd/" + socketName
 )
 
 // daemonError is an error reply of ipamd: {"code", "name", "message"}.
@@ -51,7 +52,8 @@ func (e *connectionFailed) Error() string { return e.message }
 
 // discoverSocket is the config's socket if given, else $IPAMD_SOCKET, else the
 // daemon's default (DESIGN.md section 6): /run/ipamd as root, else under
-// $XDG_RUNTIME_DIR, else /tmp/ipamd-UID.
+// $XDG_RUNTIME_DIR, else /tmp/ipamd-UID; and, as ipamd.client does, the system
+// socket after all when that per-user one does not exist and the system one does.
 func discoverSocket(explicit string, getenv func(string) string) string {
 	if explicit != "" {
 		return explicit
@@ -61,12 +63,21 @@ func discoverSocket(explicit string, getenv func(string) string) string {
 	}
 	uid := os.Geteuid()
 	if uid == 0 {
-		return filepath.Join("/run/ipamd", socketName)
+		return systemSocket
 	}
+	own := filepath.Join("/tmp/ipamd-"+strconv.Itoa(uid), socketName)
 	if runtime := getenv("XDG_RUNTIME_DIR"); runtime != "" {
-		return filepath.Join(runtime, "ipamd", socketName)
+		own = filepath.Join(runtime, "ipamd", socketName)
 	}
-	return filepath.Join("/tmp/ipamd-"+strconv.Itoa(uid), socketName)
+	if !exists(own) && exists(systemSocket) {
+		return systemSocket
+	}
+	return own
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // client is one connection to the daemon.
