@@ -9,7 +9,10 @@ sections 5 and 6; `Store.load` only compares counts):
 - every lease address lies inside one of its network's subnets, is not one that
   is never handed out (network, broadcast, gateway, excluded), and a lease holds
   exactly one address per subnet;
-- no lease or reverse entry belongs to a network that does not exist.
+- no lease or reverse entry belongs to a network that does not exist;
+- every lease carries a boot id (schema 2), first in its value, where the
+  daemon's start-up count of suspect leases looks for it. A schema-1 database
+  (before boot ids) is not checked: the daemon migrates it at its next start.
 
 Exit status: 0 clean, 1 problems found (each printed on stdout), 65 LevelDB
 reports the database corrupt (it cannot be opened or a block fails its
@@ -29,9 +32,10 @@ from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import TypeVar
 
-from ipamd.core.lease import LeaseKey
+from ipamd.core import keys
+from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import IPAddress, Network
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.store import CorruptDatabase, SchemaTooOld, Store, StoreUnavailable
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -97,9 +101,10 @@ class _Checker:
     def run(self) -> list[str]:
         for network in self._read("networks", self.store.networks()):
             self.networks[network.name] = network
-        for lease in self._read("leases", self.store.all_leases()):
+        for lease, value in self._read("leases", self.store.lease_entries()):
             self.lease_count += 1
             self._check_lease_shape(lease.key, lease.addresses)
+            self._check_boot(lease, value)
             for address in lease.addresses:
                 slot: Slot = (lease.key.network, address.version, int(address))
                 if slot in self.holder:
@@ -183,6 +188,13 @@ class _Checker:
                     f"lease {key} holds {len(held)} addresses in subnet {subnet.cidr}:"
                     f" {', '.join(map(str, held))} (one per subnet)"
                 )
+
+    def _check_boot(self, lease: Lease, value: bytes) -> None:
+        if not isinstance(lease.boot, str) or not keys.made_in(value, keys.boot_prefix(lease.boot)):
+            self.problems.append(
+                f"lease {lease.key} has no boot id first in its value (schema"
+                f" {keys.SCHEMA_VERSION} keeps one there; the daemon counts suspect leases by it)"
+            )
 
     def _check_reverse_entries(self, name: str) -> None:
         network = self.networks.get(name)
@@ -270,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_DATABASE
     try:
         report = check_report(state_dir)
+    except SchemaTooOld as e:
+        print(e)
+        print("1 problem(s)")
+        return EXIT_PROBLEMS
     except CorruptDatabase as e:
         print(f"ipamd check: {e}", file=sys.stderr)
         return EXIT_CORRUPT

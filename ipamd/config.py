@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipamd.boot import LeasesConfig, leases_config_from_toml
 from ipamd.core.network import Network
 from ipamd.errors import IpamError
 
@@ -74,6 +75,7 @@ class Config:
     networks: tuple[Network, ...] = ()
     # [metrics] listen: (IP address, port) of the HTTP endpoint to bind; None: none.
     metrics_listen: tuple[str, int] | None = None
+    leases: LeasesConfig = field(default_factory=LeasesConfig)
 
 
 TOP_KEYS = {
@@ -85,6 +87,7 @@ TOP_KEYS = {
     "auth",
     "limits",
     "metrics",
+    "leases",
 }
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -129,6 +132,12 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
             for key in Limits.__dataclass_fields__
         }
     )
+    try:
+        leases = leases_config_from_toml(
+            _table(raw, "leases", {"boot_id_path", "reclaim_after_reboot"})
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return Config(
         socket=socket or Path(_typed(raw, "socket", str, str(defaults.socket))),
         state_dir=state_dir or Path(_typed(raw, "state_dir", str, str(defaults.state_dir))),
@@ -140,6 +149,7 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
         limits=limits,
         networks=_networks(raw.get("networks", [])),
         metrics_listen=_listen_address(_table(raw, "metrics", {"listen"}).get("listen")),
+        leases=leases,
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import trio
 
 from ipamd import __version__, journal, sdnotify
+from ipamd.boot import BootIdError, read_boot_id
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
 from ipamd.errors import IpamError, NetworkExists
@@ -39,6 +40,7 @@ from ipamd.server import Server
 from ipamd.service import Service
 from ipamd.status_line import StatusReporter
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.suspects import reclaim_after_reboot, suspect_total
 from ipamd.writer import Writer, WriterFailed
 
 log = logging.getLogger("ipamd")
@@ -127,7 +129,8 @@ def tune_gc() -> None:
 async def run_daemon(
     config: Config, listening: socket.socket, metrics_listening: socket.socket | None = None
 ) -> None:
-    store = Store(config.state_dir)
+    boot = read_boot_id(config.leases.boot_id_path)  # once: the boot cannot change under us
+    store = Store(config.state_dir, boot)
     await trio.to_thread.run_sync(store.open)
     try:
         allocator = await trio.to_thread.run_sync(store.load)
@@ -152,6 +155,22 @@ async def run_daemon(
             await nursery.start(run_writer)
             nursery.start_soon(service.mutation_log.run)
             await ensure_networks(writer, config)
+            suspect = suspect_total(writer.committed)
+            grace = config.leases.reclaim_after_reboot_s
+            grace_text = config.leases.reclaim_after_reboot_text or f"{grace}s"
+            if suspect:
+                log.info(
+                    "%d lease(s) from an earlier boot are suspect (current boot %s); %s",
+                    suspect,
+                    boot,
+                    "a gc that does not list them releases them"
+                    if grace is None
+                    else f"released unless confirmed within {grace_text} of start",
+                )
+            if grace is not None:
+                # Counted from now, after the rebuild: later than `uptime_s` counts from.
+                deadline = trio.current_time() + grace
+                await nursery.start(reclaim_after_reboot, service, deadline, grace_text)
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(listening))
                 if metrics_listening is not None:
@@ -290,6 +309,7 @@ def _address_text(sock: socket.socket) -> str:
 
 FATAL_ERRORS: tuple[tuple[type[Exception], int], ...] = (
     (ConfigError, EXIT_CONFIG),
+    (BootIdError, EXIT_CONFIG),
     (CorruptDatabase, EXIT_CORRUPT),
     (WriterFailed, EXIT_TEMPFAIL),
     (StoreUnavailable, EXIT_CANTCREAT),

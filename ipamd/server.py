@@ -61,7 +61,7 @@ from ipamd.protocol import (
 from ipamd.protocol import (
     Limits as ProtocolLimits,
 )
-from ipamd.service import Service
+from ipamd.service import PendingRead, Service
 
 log = logging.getLogger("ipamd.server")
 
@@ -345,7 +345,11 @@ class Connection:
                 if self.service.is_mutation(event.method):
                     self._start_mutation(event)
                 else:
-                    self._reply(event.msgid, *self._read(event))
+                    error, result = self._read(event)
+                    if isinstance(result, PendingRead):  # a get that confirms first
+                        self._start_pending_read(event.msgid, result)
+                    else:
+                        self._reply(event.msgid, error, result)
                     # A read is answered inline and may be costly (a page of leases):
                     # it ends this connection's turn, so a burst of them from one
                     # client interleaves with everyone else's requests.
@@ -399,6 +403,17 @@ class Connection:
             answered(None, e)
         except Exception:
             log.exception("%s failed", request.method)
+            answered(None, Unavailable("internal error; see the daemon's log"))
+
+    def _start_pending_read(self, msgid: int, read: PendingRead) -> None:
+        """Answered from the writer's callback, as a mutation is."""
+        self.in_flight += 1
+        self.server.mutation_started()
+        answered = functools.partial(self._mutation_answered, msgid, None)
+        try:
+            read.start(self.peer, answered)
+        except Exception:
+            log.exception("a read that writes failed")
             answered(None, Unavailable("internal error; see the daemon's log"))
 
     def _mutation_answered(

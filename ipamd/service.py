@@ -10,6 +10,8 @@ set, its supplementary groups (ipamd/peercred.py).
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,10 +20,11 @@ from typing import Any
 
 from ipamd import __version__
 from ipamd.config import Config
-from ipamd.core.lease import Lease, validate_container_id, validate_ifname
+from ipamd.core.lease import Lease, LeaseKey, validate_container_id, validate_ifname
 from ipamd.core.network import parse_address, validate_name
 from ipamd.core.requests import (
     AllocRequest,
+    ConfirmRequest,
     CreateNetworkRequest,
     DeleteNetworkRequest,
     GcRequest,
@@ -40,7 +43,10 @@ from ipamd.errors import (
 )
 from ipamd.instruments import RequestCounters
 from ipamd.mutation_log import MutationLog
+from ipamd.suspects import stale_line, suspect_total
 from ipamd.writer import NetworkSnapshot, OnDone, Writer
+
+log = logging.getLogger("ipamd.service")
 
 MUTATIONS: dict[str, Callable[[dict[str, Any]], Mutation]] = {
     "network.create": CreateNetworkRequest.from_wire,
@@ -75,6 +81,17 @@ class Peer:
         return self.text
 
 
+class PendingRead:
+    """A read that must first write: a `get` that saw suspect leases confirms
+    them through the writer before it answers. The server queues it as it
+    queues a mutation: `start(peer, on_done)`. Every other read stays inline."""
+
+    __slots__ = ("start",)
+
+    def __init__(self, start: Callable[[Peer, OnDone], None]) -> None:
+        self.start = start
+
+
 def wire_count(n: int) -> int | str:
     """Counts too big for msgpack's 64-bit integers travel as decimal strings."""
     return n if n <= LARGEST_WIRE_INT else str(n)
@@ -95,6 +112,7 @@ class Service:
         self.started = time.monotonic()
         self.mutation_log = MutationLog()
         self.counters = RequestCounters()
+        self.boot = writer.allocator.boot
         self._own_uid = os.getuid()
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.ping,
@@ -146,6 +164,8 @@ class Service:
             outcome = "ok" if error is None else f"{error.name}: {error}"
             self.mutation_log.record(method, subject, caller, outcome)
             self.counters.answered(method, result, error, dry_run=dry_run)
+            if method == "gc" and error is None and not dry_run:
+                self._log_collected(result, caller)
             on_done(result, error)
 
         try:
@@ -158,6 +178,15 @@ class Service:
             self.mutation_log.record(method, subject, caller, f"{e.name}: {e}")
             self.counters.answered(method, None, e)
             raise
+
+    def _log_collected(self, result: Any, caller: str) -> None:
+        """One line per lease a gc released, saying why."""
+        for lease in result["released"]:
+            subject, ips = stale_line(lease)
+            why = "not in gc's valid list"
+            if lease["suspect"]:
+                why += f"; made in boot {lease['boot']}, an earlier one"
+            self.mutation_log.record("gc", subject, caller, f"released {ips}: {why}")
 
     # -- reads ---------------------------------------------------------------------
 
@@ -175,6 +204,7 @@ class Service:
     def status(self, params: dict[str, Any]) -> Any:
         check_keys(params, set(), "status")
         committed = self.writer.committed
+        leases_config = self.config.leases
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -187,6 +217,9 @@ class Service:
             "mean_batch_size": round(self.writer.mean_batch_size, 3),
             "failed_writes": self.writer.failed_writes,
             "connections": self.connection_count(),
+            "boot": self.boot,
+            "suspect": suspect_total(committed),
+            "reclaim_after_reboot": leases_config.reclaim_after_reboot_text,
         }
 
     def metrics(self, params: dict[str, Any]) -> Any:
@@ -197,6 +230,7 @@ class Service:
         out = snap.network.to_wire()
         out["leases"] = snap.leases
         if with_stats:
+            out["suspect"] = snap.suspect
             for wire, stats in zip(out["subnets"], snap.subnets, strict=True):
                 wire.update(
                     size=wire_count(stats.size),
@@ -222,13 +256,67 @@ class Service:
         networks = []
         for name in sorted(committed):
             wire = self._network_wire(committed[name], with_stats=True)
-            networks.append({"name": name, "leases": wire["leases"], "subnets": wire["subnets"]})
+            networks.append(
+                {
+                    "name": name,
+                    "leases": wire["leases"],
+                    "suspect": wire["suspect"],
+                    "subnets": wire["subnets"],
+                }
+            )
         return {"networks": networks}
 
     def _lease_wire(self, lease: Lease) -> dict[str, Any]:
-        return lease.to_wire(self.writer.committed[lease.key.network].network)
+        return lease.to_wire(self.writer.committed[lease.key.network].network, self.boot)
 
     def get(self, params: dict[str, Any]) -> Any:
+        """The leases of a container. Suspect ones make it a `PendingRead` that
+        confirms them first (for a caller allowed to mutate: CNI CHECK runs as root)."""
+        result = self._get(params)
+        suspects = tuple(
+            LeaseKey(lease["network"], lease["container_id"], lease["ifname"])
+            for lease in result["leases"]
+            if lease["suspect"]
+        )
+        if not suspects:
+            return result
+        return PendingRead(functools.partial(self._confirm_then_get, params, suspects, result))
+
+    def _confirm_then_get(
+        self,
+        params: dict[str, Any],
+        suspects: tuple[LeaseKey, ...],
+        unconfirmed: Any,
+        peer: Peer,
+        on_done: OnDone,
+    ) -> None:
+        if not self.may_mutate(peer):
+            on_done(unconfirmed, None)  # a reader may look, not keep leases alive
+            return
+
+        def confirmed(result: Any, error: IpamError | None) -> None:
+            if error is not None:
+                # Still a read: answer it; the lease stays suspect until the next sign.
+                log.warning("confirming %d suspect lease(s) failed: %s", len(suspects), error)
+                on_done(unconfirmed, None)
+                return
+            self.mutation_log.record(
+                "get",
+                _subject(params),
+                peer.text,
+                f"confirmed {result['confirmed']} suspect lease(s)",
+            )
+            try:
+                on_done(self._get(params), None)
+            except IpamError as e:  # released meanwhile
+                on_done(None, e)
+
+        try:
+            self.writer.submit_nowait(ConfirmRequest(suspects), confirmed)
+        except IpamError as e:
+            confirmed(None, e)
+
+    def _get(self, params: dict[str, Any]) -> Any:
         check_keys(params, {"container_id", "networks"}, "get")
         container_id = validate_container_id(params.get("container_id"))
         wanted = _network_filter(params.get("networks"))
@@ -275,7 +363,9 @@ class Service:
         page = self.writer.store.leases_in_subnet(
             snap.network.name, first, after_address, limit + 1
         )
-        out: dict[str, Any] = {"leases": [lease.to_wire(snap.network) for lease in page[:limit]]}
+        out: dict[str, Any] = {
+            "leases": [lease.to_wire(snap.network, self.boot) for lease in page[:limit]]
+        }
         if len(page) > limit:
             out["next"] = str(page[limit - 1].addresses[0])
         return out

@@ -30,6 +30,8 @@ def status_text(status: dict[str, Any]) -> str:
     )
     if status["failed_writes"]:
         text += f"; {status['failed_writes']} failed write(s) since start"
+    if status.get("suspect"):
+        text += f"; {status['suspect']} suspect (from an earlier boot, not confirmed yet)"
     return text
 
 

@@ -8,6 +8,9 @@ Rules it keeps:
   `CorruptDatabase`; `ipamd check` (check.py) says what exactly is wrong.
 - plyvel's exceptions are translated here: write failures become
   `StorageError`, open failures `CorruptDatabase` or `StoreUnavailable`.
+- It migrates an older schema explicitly and once (`_migrate_boots`: schema
+  1 -> 2 stamps every lease with the current boot id), and only when the
+  daemon opens it with a boot id; `ipamd check` refuses an unmigrated one.
 - It is a `LeaseView` for the allocator and the readers. Reads are point gets
   and bounded scans, served from LevelDB's memtable and block cache in
   microseconds, so callers make them inline; `open`, `load` and `write` block
@@ -18,6 +21,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +45,12 @@ from ipamd.core.view import (
 )
 from ipamd.errors import InvalidRequest, StorageError, Unavailable
 
+log = logging.getLogger("ipamd.store")
+
 DB_DIRNAME = "leases.ldb"
+# Leases rewritten per synced batch while migrating: bounded memory, and an
+# interrupted migration resumes where it stopped (it skips stamped leases).
+MIGRATION_BATCH = 10_000
 # LevelDB's default 4 MiB write buffer makes each log file (replayed at open)
 # small; the block cache serves the point reads of `get` and `lease.owner`.
 BLOCK_CACHE_BYTES = 16 << 20
@@ -82,10 +91,19 @@ class StoreUnavailable(Exception):
     """The database could not be opened for a reason other than corruption."""
 
 
+class SchemaTooOld(StoreUnavailable):
+    """An older schema, opened without a boot id to migrate it with (`ipamd check`)."""
+
+
 class Store:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, boot: str | None = None) -> None:
+        """`boot`: the current boot id. It migrates an older schema at open and
+        counts suspect leases at load; None (`ipamd check`) refuses an older schema."""
         self.state_dir = state_dir
         self.path = state_dir / DB_DIRNAME
+        self.boot = boot
+        # Leases stamped by the last open's migration; None if it migrated nothing.
+        self.migrated: int | None = None
         self._db: plyvel.DB | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -209,11 +227,52 @@ class Store:
                 f"database {self.path} has schema version {version!r}, newer than this ipamd"
                 f" understands ({keys.SCHEMA_VERSION}); upgrade ipamd or restore a backup"
             )
-        if version < keys.SCHEMA_VERSION:  # no older schema exists yet
+        if version != keys.SCHEMA_WITHOUT_BOOT and version < keys.SCHEMA_VERSION:
             raise CorruptDatabase(
                 f"database {self.path} has schema version {version}; no migration to"
                 f" {keys.SCHEMA_VERSION} is known"
             )
+        if version == keys.SCHEMA_WITHOUT_BOOT:
+            if self.boot is None:
+                raise SchemaTooOld(
+                    f"database {self.path} has schema version {version}, from before boot ids;"
+                    f" start ipamd once to migrate it to {keys.SCHEMA_VERSION}"
+                )
+            self._migrate_boots(db, self.boot)
+
+    def _migrate_boots(self, db: plyvel.DB, boot: str) -> None:
+        """Schema 1 -> 2: give every lease a boot id, the current one.
+
+        The current one, not "unknown": a schema-1 lease may belong to a
+        container running now (ipamd upgraded within a boot), and a suspect one
+        could be reclaimed automatically. Leases are rewritten in synced
+        batches; the schema version moves last, so an interrupted migration is
+        resumed at the next open (stamped leases are skipped).
+        """
+        stamped = 0
+        batch = db.write_batch(sync=True)
+        pending = 0
+        for raw_key, value in db.iterator(prefix=keys.LEASE, verify_checksums=True):
+            raw = keys.unpack(value)
+            if isinstance(raw, dict) and "boot" in raw:
+                continue
+            lease = keys.decode_lease(keys.decode_lease_key(raw_key), value)
+            batch.put(raw_key, keys.lease_value(lease._replace(boot=boot)))
+            stamped += 1
+            pending += 1
+            if pending >= MIGRATION_BATCH:
+                batch.write()
+                batch, pending = db.write_batch(sync=True), 0
+        batch.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION))
+        batch.write()
+        self.migrated = stamped
+        log.info(
+            "migrated database schema %d -> %d: %d lease(s) stamped with the current boot id %s",
+            keys.SCHEMA_WITHOUT_BOOT,
+            keys.SCHEMA_VERSION,
+            stamped,
+            boot,
+        )
 
     def close(self) -> None:
         if self._db is not None:
@@ -350,8 +409,30 @@ class Store:
             yield keys.decode_network(value)
 
     def all_leases(self) -> Iterator[Lease]:
+        for lease, _ in self.lease_entries():
+            yield lease
+
+    def lease_entries(self) -> Iterator[tuple[Lease, bytes]]:
+        """Every lease with its stored value (`ipamd check` looks at its layout)."""
         for raw_key, value in self._scan(prefix=keys.LEASE):
-            yield keys.decode_lease(keys.decode_lease_key(raw_key), value)
+            yield keys.decode_lease(keys.decode_lease_key(raw_key), value), value
+
+    def suspect_keys(self, after: bytes | None, limit: int) -> tuple[list[LeaseKey], bytes | None]:
+        """Up to `limit` keys of leases not made in the current boot, after the
+        raw key `after`; and where to go on from (None: the end). Bounded, so
+        the event loop can run between pages."""
+        assert self.boot is not None
+        prefix = keys.boot_prefix(self.boot)
+        start = keys.LEASE if after is None else after + keys.SEP
+        found: list[LeaseKey] = []
+        last = None
+        for raw_key, value in self.db.iterator(start=start, stop=_LEASES_END):
+            last = raw_key
+            if not keys.made_in(value, prefix):
+                found.append(keys.decode_lease_key(raw_key))
+                if len(found) >= limit:
+                    return found, last
+        return found, None
 
     def _scan(self, **options: Any) -> Iterator[Any]:
         """A whole-range scan that verifies block checksums (a flipped bit in a
@@ -389,7 +470,7 @@ class Store:
 
     def _load(self) -> Allocator:
         db = self.db
-        allocator = Allocator()
+        allocator = Allocator(self.boot or "")
         for network in self.networks():
             subnet_pools: list[SubnetPool] = []
             skip = len(keys.reverse_network_prefix(network.name)) + 1  # + the version byte
@@ -411,12 +492,15 @@ class Store:
         return allocator
 
     def _check_counts(self, allocator: Allocator) -> None:
+        """Compare lease and reverse-entry counts; count each network's suspects."""
         leases_per_network: dict[str, int] = {}
-        for raw_key in self.db.iterator(
-            prefix=keys.LEASE, include_value=False, verify_checksums=True
-        ):
+        suspects: dict[str, int] = {}
+        current = keys.boot_prefix(self.boot or "")
+        for raw_key, value in self.db.iterator(prefix=keys.LEASE, verify_checksums=True):
             network = raw_key.split(keys.SEP, 2)[1].decode()
             leases_per_network[network] = leases_per_network.get(network, 0) + 1
+            if not keys.made_in(value, current):
+                suspects[network] = suspects.get(network, 0) + 1
         for name, count in leases_per_network.items():
             if name not in allocator.pools:
                 raise CorruptDatabase(
@@ -424,6 +508,7 @@ class Store:
                     " run `ipamd check` for details"
                 )
         for name, pool in allocator.pools.items():
+            pool.suspect = suspects.get(name, 0)
             leases = leases_per_network.get(name, 0)
             for subnet_pool in pool.subnets:
                 if subnet_pool.used != leases:
@@ -432,6 +517,10 @@ class Store:
                         f" entries in subnet {subnet_pool.subnet.cidr};"
                         " run `ipamd check` for details"
                     )
+
+
+# Just past every lease key (plyvel takes `prefix` or `start`, not both).
+_LEASES_END = bytes([keys.LEASE[0] + 1])
 
 
 def _check_tail(db: plyvel.DB) -> None:

@@ -44,10 +44,12 @@ from ipamd.core.allocator import Allocator, NetworkPool, SubnetStats
 from ipamd.core.network import IPAddress, Network, address_text
 from ipamd.core.requests import (
     AllocRequest,
+    ConfirmRequest,
     CreateNetworkRequest,
     DeleteNetworkRequest,
     GcRequest,
     Mutation,
+    ReclaimRequest,
     ReleaseRequest,
 )
 from ipamd.core.view import Change, DeleteLease, PendingLeases, PutLease, SetCursor
@@ -75,6 +77,7 @@ class WriterFailed(Exception):
 class NetworkSnapshot:
     network: Network
     subnets: tuple[SubnetStats, ...]
+    suspect: int = 0  # leases from an earlier boot, not confirmed since
 
     @property
     def leases(self) -> int:
@@ -103,7 +106,7 @@ def refreshed(
 
 
 def _network_snapshot(pool: NetworkPool) -> NetworkSnapshot:
-    return NetworkSnapshot(pool.network, tuple(s.stats() for s in pool.subnets))
+    return NetworkSnapshot(pool.network, tuple(s.stats() for s in pool.subnets), pool.suspect)
 
 
 def _network_of(change: Change) -> str:
@@ -470,7 +473,18 @@ class Writer:
         if isinstance(mutation, GcRequest):
             stale, changes = allocator.gc(mutation, view)
             network = allocator.pool(mutation.network).network
-            return {"released": [lease.to_wire(network) for lease in stale]}, changes
+            boot = allocator.boot
+            confirmed = sum(isinstance(change, PutLease) for change in changes)
+            wire = [lease.to_wire(network, boot) for lease in stale]
+            return {"released": wire, "confirmed": confirmed}, changes
+        if isinstance(mutation, ConfirmRequest):
+            made_current, changes = allocator.confirm(mutation, view)
+            return {"confirmed": len(made_current)}, changes
+        if isinstance(mutation, ReclaimRequest):
+            reclaimed, changes = allocator.reclaim(mutation, view)
+            pools, boot = allocator.pools, allocator.boot
+            wire = [lease.to_wire(pools[lease.key.network].network, boot) for lease in reclaimed]
+            return {"released": wire}, changes
         if isinstance(mutation, CreateNetworkRequest):
             network, changes = allocator.create_network(mutation.network)
             return network.to_wire(), changes

@@ -25,7 +25,8 @@ BAR_WIDTH: Final = 20
 EXACT_COUNT_MAX: Final = 10**15
 
 SUBNET_STATS_HEADERS: Final = ("SIZE", "ALLOCATABLE", "USED", "FREE", "UTILISATION")
-LEASE_HEADERS: Final = ("ADDRESSES", "IFNAME", "CREATED", "CONTAINER", "ATTRIBUTES")
+# SUSPECT: "yes" for a lease from an earlier boot of the host, not confirmed since.
+LEASE_HEADERS: Final = ("ADDRESSES", "IFNAME", "CREATED", "SUSPECT", "CONTAINER", "ATTRIBUTES")
 ADDRESS_HEADERS: Final = ("NETWORK", "IFNAME", "ADDRESS", "GATEWAY")
 
 
@@ -142,15 +143,20 @@ def _subnet_stats(subnet: dict[str, Any]) -> list[str]:
 
 
 def stats_lines(result: dict[str, Any]) -> list[str]:
-    """`stats`: one row per subnet of every network."""
+    """`stats`: one row per subnet of every network; a SUSPECT column (per
+    network) only while some network has suspect leases."""
+    networks = result.get("networks") or []
+    with_suspect = any(count(network.get("suspect") or 0) for network in networks)
     rows: list[list[str]] = []
-    for network in result.get("networks") or []:
+    for network in networks:
         name = str(network.get("name", "?"))
         subnets = network.get("subnets") or []
+        tail = [str(network.get("suspect", "-"))] if with_suspect else []
         if not subnets:
-            rows.append([name, "-", "-", "-", "-", "-", "-"])
-        rows += [[name, str(s.get("subnet", "?")), *_subnet_stats(s)] for s in subnets]
-    return table(["NETWORK", "SUBNET", *SUBNET_STATS_HEADERS], rows, right=range(2, 6))
+            rows.append([name, "-", "-", "-", "-", "-", "-", *tail])
+        rows += [[name, str(s.get("subnet", "?")), *_subnet_stats(s), *tail] for s in subnets]
+    headers = ["NETWORK", "SUBNET", *SUBNET_STATS_HEADERS, *(["SUSPECT"] if with_suspect else [])]
+    return table(headers, rows, right=[2, 3, 4, 5, 7])
 
 
 def network_lines(network: dict[str, Any]) -> list[str]:
@@ -159,6 +165,10 @@ def network_lines(network: dict[str, Any]) -> list[str]:
         f"Name:    {network.get('name', '?')}",
         f"Driver:  {network.get('driver', '?')}",
         f"Leases:  {network.get('leases', '-')}",
+    ]
+    if count(network.get("suspect") or 0):
+        lines.append(f"Suspect: {network['suspect']} (from an earlier boot, not confirmed since)")
+    lines += [
         "",
     ]
     subnets = network.get("subnets") or []
@@ -252,6 +262,7 @@ def lease_row(lease: dict[str, Any]) -> list[str]:
         _addresses(lease.get("ips")),
         or_dash(lease.get("ifname")),
         timestamp(lease.get("created")),
+        "yes" if lease.get("suspect") else "-",
         str(lease.get("container_id", "?")),
         _attributes(lease.get("attributes")),
     ]
@@ -272,6 +283,8 @@ def gc_lines(network: str, result: dict[str, Any], dry_run: bool) -> list[str]:
     released = result.get("released") or []
     verb = "would release" if dry_run else "released"
     lines = [f"{verb} {len(released)} lease(s) on {network}"]
+    if result.get("confirmed"):
+        lines.append(f"confirmed {result['confirmed']} suspect lease(s) listed as valid")
     if released:
         lines += table(LEASE_HEADERS, [lease_row(lease) for lease in released])
     return lines

@@ -14,6 +14,11 @@ Rules this module keeps (from the seed, then better):
 - One lease per (network, container_id, ifname), one address per subnet.
 - Multi-network requests commit all networks or none.
 - Alloc and release are idempotent; release frees only what the key owns.
+- Boot epochs: every lease made here carries the allocator's `boot`. A lease
+  from another boot is suspect; what shows its owner alive (an idempotent
+  alloc, a confirm from `get`, a `gc` listing it) restamps it with the current
+  boot. Each pool counts its suspects: they only ever go down while the
+  daemon runs (new leases are never suspect).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from ipamd.core.network import IPAddress, Network, Subnet
 from ipamd.core.requests import (
     AllocRequest,
     Attachment,
+    ConfirmRequest,
     GcRequest,
+    ReclaimRequest,
     ReleaseRequest,
 )
 from ipamd.core.view import (
@@ -141,17 +148,19 @@ class SubnetPool:
 
 
 class NetworkPool:
-    __slots__ = ("allocates", "network", "subnets")
+    __slots__ = ("allocates", "network", "subnets", "suspect")
 
     def __init__(self, network: Network, subnets: list[SubnetPool] | None = None) -> None:
         self.network = network
         self.subnets = subnets if subnets is not None else [SubnetPool(s) for s in network.subnets]
         self.allocates = network.allocates  # asked by every alloc; the network is frozen
+        self.suspect = 0  # leases from another boot (set by the store's load)
 
 
 class Allocator:
-    def __init__(self) -> None:
+    def __init__(self, boot: str = "") -> None:
         self.pools: dict[str, NetworkPool] = {}
+        self.boot = boot  # the current boot id: what new and confirmed leases carry
 
     def pool(self, name: str) -> NetworkPool:
         try:
@@ -195,6 +204,8 @@ class Allocator:
         leases: dict[str, Lease] = {}
         changes: list[Change] = []
         taken: list[tuple[SubnetPool, int]] = []
+        confirmed: list[NetworkPool] = []
+        boot = self.boot
         try:
             for name, attachment in request.networks.items():
                 pool = self.pool(name)
@@ -202,6 +213,11 @@ class Allocator:
                 existing = view.lease(key)
                 if existing is not None:
                     _check_retry(existing, attachment)
+                    if existing.boot != boot:  # its owner is back: the same addresses
+                        existing = existing._replace(boot=boot)
+                        pool.suspect -= 1
+                        confirmed.append(pool)
+                        changes.append(PutLease(existing))
                     leases[name] = existing
                     continue
                 if not pool.allocates:
@@ -211,12 +227,14 @@ class Allocator:
                     addresses = self._pick(pool, key, attachment, view, taken, changes)
                 else:
                     addresses = _pick_dynamic(pool, taken, changes)
-                lease = Lease(key, addresses, now, attachment.attributes or {})
+                lease = Lease(key, addresses, now, attachment.attributes or {}, boot)
                 leases[name] = lease
                 changes.append(PutLease(lease))
         except Exception:  # IpamError, or a bug: either way leave the pools untouched
             for subnet_pool, offset in reversed(taken):
                 subnet_pool.give(offset)
+            for pool in confirmed:
+                pool.suspect += 1
             for change in reversed(changes):
                 if isinstance(change, SetCursor):
                     self.pools[change.network].subnets[change.subnet].cursor = change.previous
@@ -297,15 +315,56 @@ class Allocator:
         return released, changes
 
     def gc(self, request: GcRequest, view: WritableView) -> tuple[list[Lease], list[Change]]:
-        self.pool(request.network)
-        stale = [
-            lease
-            for lease in view.leases_in(request.network)
-            if not request.keeps(lease.key.container_id, lease.key.ifname)
-        ]
+        """Release every lease `request` does not list (returned as they were);
+        confirm the suspects it lists (each a PutLease among the changes)."""
+        pool = self.pool(request.network)
+        stale: list[Lease] = []
+        alive: list[Lease] = []
+        for lease in view.leases_in(request.network):
+            if not request.keeps(lease.key.container_id, lease.key.ifname):
+                stale.append(lease)
+            elif lease.boot != self.boot:
+                alive.append(lease)
         if request.dry_run:
             return stale, []
-        return stale, [self._release_lease(lease, view) for lease in stale]
+        changes: list[Change] = [self._release_lease(lease, view) for lease in stale]
+        changes += [self._confirm(pool, lease, view) for lease in alive]
+        return stale, changes
+
+    def confirm(
+        self, request: ConfirmRequest, view: WritableView
+    ) -> tuple[list[Lease], list[Change]]:
+        """Make the suspect leases among `request.keys` current (a `get` saw them)."""
+        confirmed: list[Lease] = []
+        changes: list[Change] = []
+        for key in request.keys:
+            pool = self.pools.get(key.network)
+            lease = view.lease(key)
+            if pool is not None and lease is not None and lease.boot != self.boot:
+                changes.append(self._confirm(pool, lease, view))
+                confirmed.append(lease)
+        return confirmed, changes
+
+    def reclaim(
+        self, request: ReclaimRequest, view: WritableView
+    ) -> tuple[list[Lease], list[Change]]:
+        """Release the leases among `request.keys` still from another boot (the
+        grace after a reboot is over). One confirmed meanwhile stays."""
+        stale: list[Lease] = []
+        changes: list[Change] = []
+        for key in request.keys:
+            lease = view.lease(key)
+            if lease is not None and key.network in self.pools and lease.boot != self.boot:
+                changes.append(self._release_lease(lease, view))
+                stale.append(lease)
+        return stale, changes
+
+    def _confirm(self, pool: NetworkPool, lease: Lease, view: WritableView) -> PutLease:
+        """Restamp a suspect `lease` with the current boot. REQUIRES: lease.boot != self.boot."""
+        pool.suspect -= 1
+        change = PutLease(lease._replace(boot=self.boot))
+        view.apply(change)
+        return change
 
     def _release_lease(self, lease: Lease, view: WritableView) -> DeleteLease:
         """Free what `lease` owns (only that) and drop it from the view."""
@@ -314,6 +373,8 @@ class Allocator:
         owned = tuple([a for a in lease.addresses if view.owner(key.network, a) == key])
         pool = self.pools.get(key.network)
         if pool is not None:
+            if lease.boot != self.boot:
+                pool.suspect -= 1
             for address in owned:
                 index = pool.network.subnet_of(address)
                 if index is None:

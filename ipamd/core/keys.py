@@ -7,7 +7,8 @@ and no name is a prefix of another's keys.
     \\x00schema                          -> msgpack int: the schema version
     N <network>                         -> msgpack network (its wire form)
     L <container_id> \\0 <network> \\0 <ifname>
-                                        -> msgpack {"ips": [str], "created": int,
+                                        -> msgpack {"boot": str, "ips": [str],
+                                                    "created": int,
                                                     "attributes"?: {str: str}}
     R <network> \\0 <4|6> <address>      -> msgpack [container_id, ifname]
     C <network> \\0 <subnet#>            -> packed address: the subnet's cursor
@@ -16,6 +17,11 @@ Leases are keyed by container first, so `get` for a container is one prefix
 scan; reverse entries are keyed by IP version and address (4 or 16 big-endian
 bytes), so finding an address's owner is one get, a subnet's leases are one
 ordered key range (`reverse_span`), and rebuilding the index reads keys only.
+
+A lease value's first key is always "boot" (schema 2): the start-up count of
+suspect leases compares each value's first bytes with the current boot's
+packed prefix (`boot_prefix`) instead of decoding a million values.
+Schema 1 had no "boot"; `Store` migrates it explicitly (store.py).
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from ipamd.core.network import (
     address_text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 1: lease values without "boot" (before boot epochs).
+SCHEMA_WITHOUT_BOOT = 1
 SCHEMA_KEY = b"\x00schema"
 NETWORK = b"N"
 LEASE = b"L"
@@ -107,6 +115,7 @@ def decode_lease_key(raw: bytes) -> LeaseKey:
 
 def lease_value(lease: Lease) -> bytes:
     value: dict[str, Any] = {
+        "boot": lease.boot,  # first: see boot_prefix
         "ips": [address_text(address) for address in lease.addresses],
         "created": lease.created,
     }
@@ -122,7 +131,19 @@ def decode_lease(key: LeaseKey, value: bytes) -> Lease:
         tuple([address_from_text(ip) for ip in raw["ips"]]),
         int(raw["created"]),
         dict(raw.get("attributes") or {}),
+        raw.get("boot", ""),
     )
+
+
+def boot_prefix(boot: str) -> bytes:
+    """What a lease value made in `boot` holds from its second byte on (the first
+    is the map's header): the key "boot" and the boot id, packed."""
+    return pack("boot") + pack(boot)
+
+
+def made_in(value: bytes, prefix: bytes) -> bool:
+    """Whether a packed lease value was made in the boot whose `boot_prefix` is `prefix`."""
+    return value.startswith(prefix, 1)
 
 
 # -- reverse entries and cursors ------------------------------------------------

@@ -84,10 +84,12 @@ class Lease(NamedTuple):
     addresses: tuple[IPAddress, ...]
     created: int
     attributes: dict[str, str] = {}  # noqa: RUF012 -- never mutated, see above
+    # The boot id of the host boot it was made or last confirmed in (boot.py).
+    boot: str = ""
 
     def __hash__(self) -> int:
         # As the dataclass hashed: without the (unhashable) attributes.
-        return hash((self.key, self.addresses, self.created))
+        return hash((self.key, self.addresses, self.created, self.boot))
 
     def ips_to_wire(self, network: Network) -> list[dict[str, Any]]:
         ips: list[dict[str, Any]] = []
@@ -104,13 +106,16 @@ class Lease(NamedTuple):
                 ips.append(subnets[index].ip_to_wire(address))
         return ips
 
-    def to_wire(self, network: Network) -> dict[str, Any]:
+    def to_wire(self, network: Network, current_boot: str) -> dict[str, Any]:
+        """The LEASE of DESIGN.md; `suspect` when made in a boot other than `current_boot`."""
         out: dict[str, Any] = {
             "network": self.key.network,
             "container_id": self.key.container_id,
             "ifname": self.key.ifname,
             "ips": self.ips_to_wire(network),
             "created": self.created,
+            "boot": self.boot,
+            "suspect": self.boot != current_boot,
         }
         if self.attributes:
             out["attributes"] = dict(self.attributes)

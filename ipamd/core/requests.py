@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ipamd.core.lease import (
+    LeaseKey,
     validate_attributes,
     validate_container_id,
     validate_ifname,
@@ -193,6 +194,23 @@ class GcRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmRequest:
+    """Make these leases current if they are suspect: a `get` (a CNI CHECK) by
+    a caller allowed to mutate showed their owner alive. Made by the daemon,
+    never parsed from the wire."""
+
+    keys: tuple[LeaseKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReclaimRequest:
+    """Release these leases if they are still from another boot: the daemon's
+    own, once `[leases] reclaim_after_reboot` has passed since it started."""
+
+    keys: tuple[LeaseKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CreateNetworkRequest:
     network: Network
 
@@ -212,4 +230,12 @@ class DeleteNetworkRequest:
         return cls(validate_name(params.get("name")), optional_bool(params, "force"))
 
 
-Mutation = AllocRequest | ReleaseRequest | GcRequest | CreateNetworkRequest | DeleteNetworkRequest
+Mutation = (
+    AllocRequest
+    | ReleaseRequest
+    | GcRequest
+    | CreateNetworkRequest
+    | DeleteNetworkRequest
+    | ConfirmRequest
+    | ReclaimRequest
+)

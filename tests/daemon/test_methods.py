@@ -584,4 +584,4 @@ def test_gc_dry_run_then_real(client: RawClient, net_name: str, cid: Cid) -> Non
     assert client.call("network.get", {"name": net_name})["leases"] == 3
     call_error(client, "get", {"container_id": cid("drop1")}, code=8)
     assert len(client.call("get", {"container_id": cid("keep")})["leases"]) == 2
-    assert client.call("gc", {"network": net_name, "valid": valid}) == {"released": []}
+    assert client.call("gc", {"network": net_name, "valid": valid})["released"] == []
