@@ -163,10 +163,15 @@ def test_example_config_shows_every_key() -> None:
         "auth",
         "limits",
         "metrics",
+        "leases",
         "networks",
     }
     assert config["metrics"] == {"listen": "127.0.0.1:9388"}
     assert set(config["auth"]) == {"allow_uids", "allow_gids"}
+    assert config["leases"] == {
+        "boot_id_path": "/proc/sys/kernel/random/boot_id",
+        "reclaim_after_reboot": "10m",
+    }
     assert config["limits"] == {
         "max_frame_bytes": 1048576,
         "max_array_len": 4096,
