@@ -14,49 +14,45 @@ sections 5 and 6; `Store.load` only compares counts):
   daemon's start-up count of suspect leases looks for it. A schema-1 database
   (before boot ids) is not checked: the daemon migrates it at its next start.
 
-Exit status: 0 clean, 1 problems found (each printed on stdout), 65 LevelDB
-reports the database corrupt (it cannot be opened or a block fails its
-checksum), 66 there is no database, 75 it cannot be opened for another reason
-(most often: the daemon is running and holds its lock).
+Exit status (ipamd/exits.py): 0 clean, 1 problems found (each printed on
+stdout), 64 a bad command line, 65 LevelDB reports the database corrupt (it
+cannot be opened or a block fails its checksum), 66 there is no database (or
+what is there is not one ipamd made: it is left alone), 75 it cannot be opened
+for another reason (most often: a running ipamd holds its lock, and the
+message names its pid). The default state dir is the daemon's (paths.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
+from ipamd import exits
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import IPAddress, Network
-from ipamd.store import CorruptDatabase, SchemaTooOld, Store, StoreUnavailable
+from ipamd.paths import default_state_dir
+from ipamd.store import (
+    CorruptDatabase,
+    NotADatabase,
+    SchemaTooOld,
+    StateDirLocked,
+    Store,
+    StoreUnavailable,
+)
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_CORRUPT = 65  # sysexits EX_DATAERR, as the daemon's
-EXIT_NO_DATABASE = 66  # EX_NOINPUT
-EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL: e.g. locked by a running daemon
+EXIT_PROBLEMS = exits.FAILURE
 
 T = TypeVar("T")
 # An address on a network, as (network, IP version, integer): the unit that has
 # at most one owner. Plain ints hash far faster than ipaddress objects.
 Slot = tuple[str, int, int]
-
-
-def default_state_dir() -> Path:
-    """DESIGN.md section 6: /var/lib/ipamd as root, else the XDG state home."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/ipamd")
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "ipamd"
-    return Path.home() / ".local" / "state" / "ipamd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +259,16 @@ def _subnets_text(network: Network) -> str:
     return ", ".join(str(s.cidr) for s in network.subnets) or "no subnets"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE), as `ipamd`'s do, rather than 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(exits.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ipamd check",
         description="Verify ipamd's database offline (stop the daemon first); repair nothing.",
     )
@@ -274,12 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"the daemon's state directory (default: {default_state_dir()})",
     )
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (64): a status, not an exit
+        return e.code if isinstance(e.code, int) else exits.USAGE
     state_dir: Path = args.state_dir or default_state_dir()
     store = Store(state_dir)
     if not store.path.exists():
         print(f"ipamd check: no database at {store.path}", file=sys.stderr)
-        return EXIT_NO_DATABASE
+        return exits.NOINPUT
     try:
         report = check_report(state_dir)
     except SchemaTooOld as e:
@@ -288,17 +295,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PROBLEMS
     except CorruptDatabase as e:
         print(f"ipamd check: {e}", file=sys.stderr)
-        return EXIT_CORRUPT
+        return exits.DATAERR
+    except StateDirLocked as e:
+        print(
+            f"ipamd check: {e}: stop it first (systemctl stop ipamd), or check a copy of"
+            f" {state_dir} (cp -a {state_dir} COPY; ipamd check --state-dir COPY)",
+            file=sys.stderr,
+        )
+        return exits.TEMPFAIL
+    except NotADatabase as e:
+        print(f"ipamd check: {e}", file=sys.stderr)
+        return exits.NOINPUT
     except StoreUnavailable as e:
         print(f"ipamd check: {e}", file=sys.stderr)
-        return EXIT_NO_DATABASE if not store.path.exists() else EXIT_UNAVAILABLE
+        return exits.TEMPFAIL
     for problem in report.problems:
         print(problem)
     if report.problems:
         print(f"{len(report.problems)} problem(s)")
         return EXIT_PROBLEMS
     print(f"ok: {report.networks} networks, {report.leases} leases")
-    return EXIT_OK
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -17,32 +17,11 @@ from typing import Any
 from ipamd.boot import LeasesConfig, leases_config_from_toml
 from ipamd.core.network import Network
 from ipamd.errors import IpamError
-
-SOCKET_NAME = "ipamd.sock"
-SYSTEM_SOCKET = Path("/run/ipamd") / SOCKET_NAME
-"""Root's default, and where ipamd.socket listens."""
+from ipamd.paths import default_socket_path, default_state_dir
 
 
 class ConfigError(Exception):
     """The configuration cannot be used (exit status 78)."""
-
-
-def default_socket_path() -> Path:
-    """DESIGN.md s6: /run/ipamd as root, else under $XDG_RUNTIME_DIR (or /tmp)."""
-    if os.geteuid() == 0:
-        return SYSTEM_SOCKET
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return Path(runtime) / "ipamd" / SOCKET_NAME
-    return Path(f"/tmp/ipamd-{os.geteuid()}") / SOCKET_NAME
-
-
-def default_state_dir() -> Path:
-    """DESIGN.md s6: /var/lib/ipamd as root, else $XDG_STATE_HOME or ~/.local/state."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/ipamd")
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "ipamd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +118,12 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return Config(
-        socket=socket or Path(_typed(raw, "socket", str, str(defaults.socket))),
-        state_dir=state_dir or Path(_typed(raw, "state_dir", str, str(defaults.state_dir))),
+        # Absolute from here on: the log, `status` and every message name the
+        # same file whatever directory the daemon was started in.
+        socket=(socket or Path(_typed(raw, "socket", str, str(defaults.socket)))).absolute(),
+        state_dir=(
+            state_dir or Path(_typed(raw, "state_dir", str, str(defaults.state_dir)))
+        ).absolute(),
         log_level=log_level,
         socket_mode=socket_mode,
         socket_gid=_group(raw.get("socket_group")),

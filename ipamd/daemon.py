@@ -18,7 +18,6 @@ systemd/ipamd.service.
 from __future__ import annotations
 
 import argparse
-import errno
 import gc
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from ipamd import __version__, journal, sdnotify
+from ipamd import __version__, exits, journal, paths, sdnotify
 from ipamd.boot import BootIdError, read_boot_id
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
@@ -39,19 +38,12 @@ from ipamd.metrics import Metrics
 from ipamd.server import Server
 from ipamd.service import Service
 from ipamd.status_line import StatusReporter
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.store import CorruptDatabase, StateDirLocked, Store, StoreUnavailable
 from ipamd.suspects import reclaim_after_reboot, suspect_total
 from ipamd.writer import Writer, WriterFailed
 
 log = logging.getLogger("ipamd")
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 64
-EXIT_CORRUPT = 65
-EXIT_CANTCREAT = 73
-EXIT_TEMPFAIL = 75
-EXIT_CONFIG = 78
 # Bound on how long shutdown waits for connections to send their last answers.
 SHUTDOWN_GRACE_S = 5.0
 LISTEN_BACKLOG = 1024
@@ -63,34 +55,31 @@ class BindError(Exception):
     """The socket cannot be bound (exit status 73)."""
 
 
-def bind_socket(config: Config) -> socket.socket:
-    """Bind `config.socket`, replacing a stale socket file but never a live daemon's."""
+def bind_socket(config: Config) -> tuple[socket.socket, paths.SocketIdentity]:
+    """Bind `config.socket`, replacing only a stale socket (paths.py); the socket and
+    the identity of its file, so that shutdown removes that file and nothing else."""
     path = config.socket
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    except OSError as e:
-        raise BindError(f"cannot create {path.parent}: {e.strerror}") from e
-    if path.exists() or path.is_symlink():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()  # nobody listens: a leftover from a crash
-        else:
-            raise BindError(f"another ipamd is already listening on {path}")
-        finally:
-            probe.close()
+        paths.ensure_directory(path.parent, paths.SOCKET_DIR_MODE, "socket directory")
+        paths.clear_stale_socket(path)
+    except paths.PathRefused as e:
+        raise BindError(str(e)) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    identity: paths.SocketIdentity | None = None
     try:
         sock.bind(str(path))
+        identity = paths.socket_identity(path)
         os.chmod(path, config.socket_mode)
         if config.socket_gid is not None:
             os.chown(path, -1, config.socket_gid)
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
-        raise BindError(f"cannot bind {path}: {e.strerror}") from e
-    return sock
+        if identity is not None:  # ours: bound a moment ago
+            paths.remove_socket(path, identity)
+        # "AF_UNIX path too long" comes with no strerror.
+        raise BindError(f"cannot bind {path}: {e.strerror or e}") from e
+    return sock, identity
 
 
 async def ensure_networks(writer: Writer, config: Config) -> None:
@@ -131,7 +120,12 @@ async def run_daemon(
 ) -> None:
     boot = read_boot_id(config.leases.boot_id_path)  # once: the boot cannot change under us
     store = Store(config.state_dir, boot)
-    await trio.to_thread.run_sync(store.open)
+    try:
+        await trio.to_thread.run_sync(store.open)
+    except StateDirLocked as e:
+        raise StoreUnavailable(
+            f"{e}: stop that one first, or give this one another --state-dir"
+        ) from None
     try:
         allocator = await trio.to_thread.run_sync(store.load)
         tune_gc()
@@ -250,39 +244,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
     except SystemExit as e:
-        return EXIT_OK if e.code == 0 else EXIT_USAGE
+        return exits.OK if e.code == 0 else exits.USAGE
     try:
         config = load_config(args.config, socket=args.socket, state_dir=args.state_dir)
     except ConfigError as e:
         setup_logging("info")
         log.error("%s", e)
-        return EXIT_CONFIG
+        return exits.CONFIG
     setup_logging(config.log_level)
     passed: list[socket.socket] = []
     metrics_listening: socket.socket | None = None
+    bound: paths.SocketIdentity | None = None
     try:
         named = sdnotify.listen_fds_with_names()
         passed = [sock for name, sock in named if name != METRICS_FD_NAME]
         metrics_listening = next((s for n, s in named if n == METRICS_FD_NAME), None)
         if metrics_listening is None and config.metrics_listen is not None:
             metrics_listening = bind_metrics_listen(config.metrics_listen)
-        listening = passed[0] if passed else bind_socket(config)
+        if passed:
+            listening = passed[0]
+        else:
+            listening, bound = bind_socket(config)
     except (BindError, ValueError) as e:
         log.error("%s", e)
-        return EXIT_CANTCREAT
+        return exits.CANTCREAT
     try:
         trio.run(run_daemon, config, listening, metrics_listening)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return exits.OK
     except Exception as e:
         return _exit_status_of(e)
     finally:
         listening.close()
         if metrics_listening is not None:
             metrics_listening.close()
-        if not passed:
-            _unlink_socket(config.socket)
-    return EXIT_OK
+        if bound is not None:
+            _remove_socket(config.socket, bound)
+    return exits.OK
 
 
 def bind_metrics_listen(address: tuple[str, int]) -> socket.socket:
@@ -308,11 +306,11 @@ def _address_text(sock: socket.socket) -> str:
 
 
 FATAL_ERRORS: tuple[tuple[type[Exception], int], ...] = (
-    (ConfigError, EXIT_CONFIG),
-    (BootIdError, EXIT_CONFIG),
-    (CorruptDatabase, EXIT_CORRUPT),
-    (WriterFailed, EXIT_TEMPFAIL),
-    (StoreUnavailable, EXIT_CANTCREAT),
+    (ConfigError, exits.CONFIG),
+    (BootIdError, exits.CONFIG),
+    (CorruptDatabase, exits.DATAERR),
+    (WriterFailed, exits.TEMPFAIL),
+    (StoreUnavailable, exits.CANTCREAT),
 )
 
 
@@ -328,7 +326,7 @@ def _exit_status_of(error: Exception) -> int:
                 log.error("%s", leaf)
                 return status
     log.error("internal error", exc_info=error)
-    return EXIT_INTERNAL
+    return exits.FAILURE
 
 
 def _leaves(error: BaseException) -> Iterator[BaseException]:
@@ -339,12 +337,12 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
         yield error
 
 
-def _unlink_socket(path: Path) -> None:
+def _remove_socket(path: Path, identity: paths.SocketIdentity) -> None:
     try:
-        path.unlink()
+        if not paths.remove_socket(path, identity):
+            log.warning("%s is no longer the socket this ipamd bound; left alone", path)
     except OSError as e:
-        if e.errno != errno.ENOENT:
-            log.warning("cannot remove %s: %s", path, e.strerror)
+        log.warning("cannot remove %s: %s", path, e.strerror)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import msgpack
 import plyvel
 
-from ipamd import leveldb_log
+from ipamd import leveldb_log, paths
 from ipamd.core import keys
 from ipamd.core.allocator import Allocator, NetworkPool, SubnetPool
 from ipamd.core.lease import Lease, LeaseKey
@@ -44,6 +45,7 @@ from ipamd.core.view import (
     SetCursor,
 )
 from ipamd.errors import InvalidRequest, StorageError, Unavailable
+from ipamd.lock_holder import lock_holder
 
 log = logging.getLogger("ipamd.store")
 
@@ -74,6 +76,12 @@ _DECODE_ERRORS = (
 )
 
 
+def _is_lock_conflict(error: Exception) -> bool:
+    """LevelDB's "IO error: lock .../LOCK: Resource temporarily unavailable"."""
+    text = _reason(error)
+    return "LOCK" in text and ("temporarily unavailable" in text or "already held" in text)
+
+
 def _reason(error: Exception) -> str:
     """An error's message for people: plyvel's carry LevelDB's status as bytes."""
     if isinstance(error, OSError) and error.strerror:
@@ -95,6 +103,26 @@ class SchemaTooOld(StoreUnavailable):
     """An older schema, opened without a boot id to migrate it with (`ipamd check`)."""
 
 
+class NotADatabase(StoreUnavailable):
+    """What is at the database path is no ipamd database (and is left alone)."""
+
+
+class StateDirLocked(StoreUnavailable):
+    """Another process (another ipamd, or `ipamd check`) has the database open."""
+
+    def __init__(self, state_dir: Path, holder: int | None) -> None:
+        who = "another ipamd" if holder is None else f"another ipamd (pid {holder})"
+        super().__init__(f"{who} holds the lock on state directory {state_dir}")
+        self.state_dir = state_dir
+        self.holder = holder
+
+
+# The names LevelDB gives its files. A database directory without CURRENT that
+# holds anything else was not made by ipamd: opening it would rename its LOG
+# and write a database among someone's files.
+_LEVELDB_NAME = re.compile(r"CURRENT|LOCK|LOG|LOG\.old|MANIFEST-\d+|\d+\.(log|ldb|sst|dbtmp)")
+
+
 class Store:
     def __init__(self, state_dir: Path, boot: str | None = None) -> None:
         """`boot`: the current boot id. It migrates an older schema at open and
@@ -112,13 +140,12 @@ class Store:
         """Open (creating if allowed) and check the schema. Blocks."""
         if create:
             try:
-                self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            except OSError as e:
-                raise StoreUnavailable(
-                    f"cannot create state directory {self.state_dir}: {_reason(e)}"
-                ) from e
+                paths.ensure_directory(self.state_dir, paths.STATE_DIR_MODE, "state directory")
+            except paths.PathRefused as e:
+                raise StoreUnavailable(str(e)) from None
         elif not self.path.exists():
-            raise StoreUnavailable(f"no database at {self.path}")
+            raise NotADatabase(f"no database at {self.path}")
+        self._check_database_dir()
         self._check_current()
         self._check_logs()
         try:
@@ -134,6 +161,9 @@ class Store:
         except plyvel.CorruptionError as e:
             raise CorruptDatabase(f"database {self.path} is corrupt: {_reason(e)}") from e
         except plyvel.IOError as e:
+            if _is_lock_conflict(e):
+                lock = self.path / "LOCK"
+                raise StateDirLocked(self.state_dir, lock_holder(lock)) from e
             raise StoreUnavailable(f"cannot open database {self.path}: {_reason(e)}") from e
         except plyvel.Error as e:
             # LevelDB reports a missing CURRENT or MANIFEST as "Invalid argument".
@@ -174,6 +204,25 @@ class Store:
                     raise
             finally:
                 os.close(fd)
+
+    def _check_database_dir(self) -> None:
+        """Refuse a database path that holds something ipamd did not make (paths.py's rule)."""
+        if not os.path.lexists(self.path):
+            return
+        if not self.path.is_dir():
+            raise NotADatabase(
+                f"database path {self.path} is {paths.describe(self.path)}, not a LevelDB"
+                " directory; ipamd leaves it alone: move it away or choose another --state-dir"
+            )
+        if (self.path / "CURRENT").exists():
+            return
+        foreign = sorted(p.name for p in self.path.iterdir() if not _LEVELDB_NAME.fullmatch(p.name))
+        if foreign:
+            raise NotADatabase(
+                f"{self.path} holds no LevelDB database but other files"
+                f" ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); ipamd did"
+                " not create it and leaves it alone: move it away or choose another --state-dir"
+            )
 
     def _check_current(self) -> None:
         """Refuse a database whose CURRENT file is gone but whose data is not.

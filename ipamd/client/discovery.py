@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+from ipamd import paths
+
 SOCKET_ENV: Final = "IPAMD_SOCKET"
 
 
@@ -29,11 +31,8 @@ def discover_socket(explicit: str | Path | None = None) -> Path:
     from_env = os.environ.get(SOCKET_ENV)
     if from_env:
         return Path(from_env)
-    # Imported here: ipamd.config brings tomllib, grp and the network model, which a
-    # CNI plugin that is handed its socket path never needs (it starts per container).
-    from ipamd import config
-
-    own = config.default_socket_path()
-    if own != config.SYSTEM_SOCKET and not own.exists() and config.SYSTEM_SOCKET.exists():
-        return config.SYSTEM_SOCKET
+    own = paths.default_socket_path()
+    system = paths.SYSTEM_SOCKET
+    if own != system and not own.exists() and system.exists():
+        return system
     return own

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 
-from ipamd import config
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, discover_socket
 from ipamd.client.core import CLIENT_LIMITS
 from ipamd.config import default_socket_path
@@ -69,9 +68,9 @@ def test_discover_socket_prefers_explicit_then_env_then_default(
 
 def test_default_socket_for_a_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("IPAMD_SOCKET", raising=False)
-    assert Path("/run/ipamd/ipamd.sock") == config.SYSTEM_SOCKET
+    assert Path("/run/ipamd/ipamd.sock") == paths.SYSTEM_SOCKET
     # No system daemon here, whatever this machine runs.
-    monkeypatch.setattr(config, "SYSTEM_SOCKET", tmp_path / "absent" / "ipamd.sock")
+    monkeypatch.setattr(paths, "SYSTEM_SOCKET", tmp_path / "absent" / "ipamd.sock")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert discover_socket() == Path("/run/user/1000/ipamd/ipamd.sock")
@@ -86,7 +85,7 @@ def test_a_user_without_a_socket_of_their_own_gets_the_system_one(
 ) -> None:
     system = tmp_path / "run-ipamd" / "ipamd.sock"
     system.parent.mkdir()
-    monkeypatch.setattr(config, "SYSTEM_SOCKET", system)
+    monkeypatch.setattr(paths, "SYSTEM_SOCKET", system)
     monkeypatch.delenv("IPAMD_SOCKET", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
