@@ -325,10 +325,17 @@ func readSubnet(raw json.RawMessage, index int) (subnet, *types.Error) {
 	}
 	var text string
 	_ = json.Unmarshal(rng.Subnet, &text)
-	_, cidr, e := net.ParseCIDR(text)
+	ip, cidr, e := net.ParseCIDR(text)
 	if e != nil {
 		return subnet{}, cniError(types.ErrInvalidNetworkConfig,
 			"range set %d: subnet %s is not a CIDR", index, orNull(rng.Subnet))
+	}
+	if !ip.Equal(cidr.IP) {
+		// host-local's own words (range.go, Canonicalize), rather than a silent fix.
+		ones, _ := cidr.Mask.Size()
+		return subnet{}, cniError(types.ErrInvalidNetworkConfig,
+			"range set %d: subnet %s: network has host bits set. For a subnet mask of length %d the network address is %s",
+			index, text, ones, cidr.IP)
 	}
 	out := subnet{Subnet: cidr.String()}
 	for _, field := range []struct {

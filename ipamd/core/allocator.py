@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ipamd.core.freeranges import FreeRanges
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.network import IPAddress, Network, Subnet
+from ipamd.core.network import DEFAULT_DRIVER, IPAddress, Network, Subnet
 from ipamd.core.requests import (
     AllocRequest,
     Attachment,
@@ -171,6 +171,13 @@ class Allocator:
     # -- networks --------------------------------------------------------
 
     def create_network(self, network: Network) -> tuple[Network, list[Change]]:
+        if network.driver == DEFAULT_DRIVER and not network.subnets:
+            # Checked at create only: a network stored before this rule still loads.
+            raise InvalidRequest(
+                f"network {network.name} has driver {DEFAULT_DRIVER} but no subnets, so ipamd"
+                " would answer every alloc on it with no address: give it a subnet (or"
+                " another driver, for which ipamd records the network and allocates nothing)"
+            )
         existing = self.pools.get(network.name)
         if existing is not None:
             if existing.network == network:
@@ -178,8 +185,23 @@ class Allocator:
             raise NetworkExists(
                 f"network {network.name} already exists with a different definition"
             )
+        self._refuse_overlap(network)
         self.pools[network.name] = NetworkPool(network)
         return network, [PutNetwork(network)]
+
+    def _refuse_overlap(self, network: Network) -> None:
+        """As podman: a subnet may belong to one network only, or one address could
+        be leased on two networks at once while `lease.owner` names only one."""
+        for other in self.pools.values():
+            for subnet in network.subnets:
+                for taken in other.network.subnets:
+                    if subnet.cidr.version == taken.cidr.version and subnet.cidr.overlaps(
+                        taken.cidr  # type: ignore[arg-type,unused-ignore]
+                    ):
+                        raise InvalidRequest(
+                            f"subnet {subnet.cidr} of network {network.name} overlaps subnet"
+                            f" {taken.cidr} of network {other.network.name}"
+                        )
 
     def delete_network(
         self, name: str, force: bool, view: WritableView

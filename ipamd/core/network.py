@@ -270,12 +270,12 @@ class Subnet:
         if not isinstance(value, str) or "%" in value:
             raise InvalidRequest(f"subnet must be a CIDR string, got {value!r}")
         try:
-            # strict=False: like host-local, "10.88.0.5/16" means 10.88.0.0/16.
             cidr: IPNetwork = ipaddress.ip_network(value, strict=False)
         except ValueError:
             raise InvalidRequest(f"subnet {value!r} is not a valid CIDR") from None
         if "/" not in value:
             raise InvalidRequest(f"subnet {value!r} needs a prefix length, e.g. {value}/24")
+        _refuse_host_bits(value, cidr, "subnet")
 
         def inside(key: str) -> IPAddress | None:
             if raw.get(key) is None:
@@ -306,6 +306,16 @@ class Subnet:
         return subnet
 
 
+def _refuse_host_bits(text: str, cidr: IPNetwork, what: str) -> None:
+    """Refuse "10.88.0.1/24", as host-local does: dropping the host bits silently
+    would lease from a subnet other than the one the user believes they wrote."""
+    if ipaddress.ip_interface(text.strip()).ip != cidr.network_address:
+        raise InvalidRequest(
+            f"{what} {text!r} has host bits set: for a prefix length of {cidr.prefixlen}"
+            f" its network address is {cidr.network_address}, so write {cidr}"
+        )
+
+
 def _parse_excludes(
     raw: dict[str, Any], cidr: IPNetwork
 ) -> tuple[tuple[IPAddress, IPAddress], ...]:
@@ -321,6 +331,7 @@ def _parse_excludes(
         try:
             if "/" in entry:
                 excluded = ipaddress.ip_network(entry, strict=False)
+                _refuse_host_bits(entry, excluded, "exclude entry")
                 first, last = excluded.network_address, excluded.broadcast_address
             elif "-" in entry:
                 a, b = entry.split("-", 1)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ipamd import paths
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, discover_socket
 from ipamd.client.core import CLIENT_LIMITS
 from ipamd.config import default_socket_path

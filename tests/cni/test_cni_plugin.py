@@ -1,6 +1,6 @@
 """The CNI plugin alone, exec'd as a runtime execs it: every command, every cniVersion, the errors.
 
-One daemon serves the module; each test works on its own network (`net`).
+Each test has a daemon and a network (`net`) of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +19,14 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "examples" / "10-ipa
 LEGACY = ("0.3.0", "0.3.1", "0.4.0")  # results carry each IP's "version"
 BEFORE_CHECK = ("0.3.0", "0.3.1")
 BEFORE_GC_AND_STATUS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+
+
+@pytest.fixture
+def shared_daemon(daemon: Daemon) -> Daemon:
+    """A daemon per test here, not per module: the tests' networks share the same
+    few subnets (and expect the same addresses), and ipamd refuses a subnet that
+    overlaps another network's."""
+    return daemon
 
 
 @pytest.fixture
@@ -154,6 +162,22 @@ def test_a_conflicting_network_definition_is_a_clear_error(cni: Cni, net: str) -
     other = cni.config(net, ranges=[[{"subnet": "10.250.3.0/24"}]])
     error = cni.fails("ADD", other, 104, container_id="c2")
     assert net in error["msg"] and "network_exists" in error["details"]
+
+
+def test_a_range_subnet_with_host_bits_is_refused_as_host_local_does(cni: Cni, net: str) -> None:
+    config = cni.config(net, ranges=[[{"subnet": "10.250.0.1/24"}]])
+    error = cni.fails("ADD", config, 7)
+    assert "network has host bits set" in error["msg"]
+    assert "the network address is 10.250.0.0" in error["msg"]
+
+
+def test_a_range_overlapping_another_networks_is_refused(cni: Cni, net: str) -> None:
+    cni.ok("ADD", cni.config(net))
+    other = cni.config(f"{net}-b", ranges=[[{"subnet": "10.250.0.128/25"}]])
+    error = cni.fails("ADD", other, 101, container_id="c2")
+    assert error["msg"] == (
+        f"subnet 10.250.0.128/25 of network {net}-b overlaps subnet 10.250.0.0/24 of network {net}"
+    )
 
 
 def test_resolv_conf_becomes_dns(cni: Cni, net: str, tmp_path: Path) -> None:

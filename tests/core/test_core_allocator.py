@@ -548,8 +548,10 @@ def test_lookups_by_key_and_by_address() -> None:
 # -- driver semantics ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw", [net("mac", "10.0.0.0/24", driver="macvlan"), net("mac")])
-def test_non_host_local_or_no_subnets_allocates_nothing(raw: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "raw", [net("mac", "10.0.0.0/24", driver="macvlan"), net("mac", driver="macvlan")]
+)
+def test_non_host_local_allocates_nothing(raw: dict[str, Any]) -> None:
     host = Host(raw)
     request = AllocRequest.from_wire({"container_id": "c", "networks": {"mac": {}}})
     leases, changes = host.allocator.alloc(request, host.view, 5)
@@ -571,6 +573,35 @@ def test_create_is_ensure_and_a_different_definition_fails() -> None:
         allocator.create_network(Network.from_wire(net("podman", "10.88.0.0/16")))
     with pytest.raises(NetworkNotFound, match="'nope'"):
         allocator.pool("nope")
+
+
+@pytest.mark.parametrize(
+    ("taken", "wanted"),
+    [
+        ("10.88.0.0/16", "10.88.0.0/16"),
+        ("10.88.0.0/16", "10.88.7.0/24"),  # inside
+        ("10.88.7.0/24", "10.88.0.0/16"),  # around
+        ("fd00::/48", "fd00:0:0:1::/64"),
+    ],
+)
+def test_a_subnet_overlapping_another_networks_is_refused(taken: str, wanted: str) -> None:
+    allocator = Allocator()
+    allocator.create_network(Network.from_wire(net("a", taken)))
+    with pytest.raises(InvalidRequest) as info:
+        allocator.create_network(Network.from_wire(net("b", "10.99.0.0/16", wanted)))
+    assert str(info.value) == f"subnet {wanted} of network b overlaps subnet {taken} of network a"
+    assert set(allocator.pools) == {"a"}  # and nothing else changed
+    # Neighbours, and the other family, are fine.
+    allocator.create_network(Network.from_wire(net("c", "10.89.0.0/16", "fd01::/64")))
+
+
+def test_a_host_local_network_without_subnets_is_refused_at_create() -> None:
+    allocator = Allocator()
+    for raw in (net("empty"), net("empty", driver="host-local"), net("empty", driver="")):
+        with pytest.raises(InvalidRequest, match="network empty has driver host-local but no"):
+            allocator.create_network(Network.from_wire(raw))
+    assert allocator.pools == {}
+    allocator.create_network(Network.from_wire(net("empty", driver="macvlan")))
 
 
 def test_delete_network_in_use_needs_force() -> None:

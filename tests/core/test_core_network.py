@@ -94,9 +94,19 @@ def test_non_string_cidrs(cidr: Any) -> None:
     rejected_subnet({"subnet": cidr}, "CIDR")
 
 
-def test_host_bits_are_dropped_like_host_local() -> None:
-    (subnet,) = network({"subnet": "10.88.0.5/16"}).subnets
-    assert subnet.cidr == ipaddress.ip_network("10.88.0.0/16")
+@pytest.mark.parametrize(
+    ("text", "base"), [("10.88.0.5/16", "10.88.0.0"), ("fd00::1/64", "fd00::")]
+)
+def test_host_bits_are_refused_like_host_local(text: str, base: str) -> None:
+    rejected_subnet({"subnet": text}, repr(text), "host bits", f"network address is {base}")
+
+
+def test_an_exclude_cidr_with_host_bits_is_refused() -> None:
+    rejected_subnet(
+        {"subnet": "10.0.0.0/24", "exclude": ["10.0.0.15/29"]},
+        "'10.0.0.15/29'",
+        "network address is 10.0.0.8",
+    )
 
 
 def test_gateway_and_range_must_lie_in_the_subnet() -> None:
@@ -253,9 +263,9 @@ def test_allocatable_counts_gateway_and_overlapping_excludes_once() -> None:
         gateway="10.0.0.1",
         range_start="10.0.0.1",
         range_end="10.0.0.100",
-        exclude=["10.0.0.1", "10.0.0.10-10.0.0.20", "10.0.0.15/29", "10.0.0.90-10.0.0.120"],
+        exclude=["10.0.0.1", "10.0.0.10-10.0.0.20", "10.0.0.8/29", "10.0.0.90-10.0.0.120"],
     )
-    # 1..100 minus {1}, 8..20 (10.0.0.15/29 is 8..15) and 90..100
+    # 1..100 minus {1}, 8..20 (10.0.0.8/29 is 8..15) and 90..100
     assert s.allocatable == 100 - 1 - 13 - 11
     assert s.reserved_reason(ipaddress.ip_address("10.0.0.120")) is not None  # outside range
     assert s.reserved_reason(ipaddress.ip_address("10.0.0.121")) is None

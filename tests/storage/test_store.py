@@ -198,8 +198,9 @@ def test_release_of_one_network_takes_every_ifname_there_and_nothing_else(
     """`release` naming a network but no ifname scans that network's keys only;
     decisions earlier in the same batch (not yet on disk) count as well."""
     store, allocator = open_store(state_dir)
-    for name in ("a", "ab", NET):  # "a" is a prefix of "ab": its scan must not see "ab"
-        _, changes = allocator.create_network(network(name))
+    # "a" is a prefix of "ab": its scan must not see "ab". Subnets never overlap.
+    for name, cidr in (("a", "10.1.0.0/16"), ("ab", "10.2.0.0/16"), (NET, V4)):
+        _, changes = allocator.create_network(network(name, cidr))
         store.write(changes)
     for request in (
         alloc("c", NET, "a", "ab"),
@@ -249,14 +250,14 @@ def test_one_batch_stores_what_its_changes_one_by_one_would(tmp_path: Path) -> N
         changes.extend(outcome[1])
 
     decided(allocator.create_network(network(NET, V4, V6)))
-    decided(allocator.create_network(network("other")))
+    decided(allocator.create_network(network("other", "10.2.0.0/16")))
     for i in range(5):
         decided(allocator.alloc(alloc(f"c{i}", NET, "other"), view, NOW))
     decided(allocator.release(release("c1"), view))
     decided(allocator.delete_network("other", True, view))  # after its cursor moved
-    decided(allocator.create_network(network("other")))
+    decided(allocator.create_network(network("other", "10.2.0.0/16")))
     decided(allocator.alloc(alloc("again", "other"), view, NOW))
-    decided(allocator.create_network(network("gone")))
+    decided(allocator.create_network(network("gone", "10.3.0.0/16")))
     decided(allocator.alloc(alloc("x", "gone"), view, NOW))
     decided(allocator.delete_network("gone", True, view))  # a cursor that never lands
     store.write(changes)
