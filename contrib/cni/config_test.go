@@ -57,10 +57,17 @@ func wantCode(t *testing.T, command string, env environment, stdin []byte, code 
 	}
 }
 
+func TestASubnetWithHostBitsIsRefusedAsHostLocalDoes(t *testing.T) {
+	stdin := conf(t, "1.0.0", map[string]interface{}{
+		"ranges": []interface{}{[]interface{}{map[string]string{"subnet": "10.9.0.77/24"}}},
+	}, nil)
+	wantCode(t, "ADD", addEnv, stdin, 7, "network has host bits set. For a subnet mask of length 24 the network address is 10.9.0.0")
+}
+
 func TestRangeSetsBecomeSubnetsWithHostLocalsDefaultGateway(t *testing.T) {
 	call := mustRead(t, "ADD", addEnv, conf(t, "1.0.0", map[string]interface{}{
 		"ranges": []interface{}{
-			[]interface{}{map[string]string{"subnet": "10.9.0.77/24", "rangeStart": "10.9.0.100"}},
+			[]interface{}{map[string]string{"subnet": "10.9.0.0/24", "rangeStart": "10.9.0.100"}},
 			[]interface{}{map[string]string{"subnet": "fd00:9::/64", "gateway": "fd00:9::fe"}},
 			[]interface{}{map[string]string{"subnet": "10.8.0.0/31"}}, // two addresses: no gateway
 		},
