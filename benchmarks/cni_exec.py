@@ -42,7 +42,9 @@ TIMING_PREFIX = "ipamd-cni timing: "
 SPLIT = ("start", "parse", "connect", "rpc", "exit")
 # Both plugins get a /16, so 5,000 leases fit with room for the ADDs.
 HOST_LOCAL_SUBNET = "10.210.0.0/16"
-IPAMD_SUBNET = "10.211.0.0/16"
+# One /16 per ipamd network (one per lease count), from here up: ipamd refuses a
+# subnet that overlaps another network's.
+IPAMD_SUBNETS = ipaddress.ip_network("10.211.0.0/16")
 PREFILL_BATCH = 64  # allocs in flight while pre-filling: the daemon's default max_in_flight
 
 
@@ -185,10 +187,16 @@ def host_local(root: Path) -> Plugin:
 
 
 def ipamd_plugin(binary: Path, socket: Path, timing: Path) -> Plugin:
+    subnets: dict[int, str] = {}  # lease count -> its network's subnet
+
     def prepare(leases: int) -> bytes:
         network = f"benchcni{leases}"
-        prefill_ipamd(socket, network, IPAMD_SUBNET, leases)
-        return network_conf(network, {"type": "ipamd", "socket": str(socket)}, IPAMD_SUBNET)
+        if leases not in subnets:
+            first = IPAMD_SUBNETS.network_address + len(subnets) * IPAMD_SUBNETS.num_addresses
+            subnets[leases] = f"{first}/{IPAMD_SUBNETS.prefixlen}"
+        subnet = subnets[leases]
+        prefill_ipamd(socket, network, subnet, leases)
+        return network_conf(network, {"type": "ipamd", "socket": str(socket)}, subnet)
 
     return Plugin("ipamd", str(binary), timing, prepare)
 
