@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import grp
 import ipaddress
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -18,6 +18,7 @@ systemd/ipamd.service.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import os
