@@ -53,6 +53,8 @@ SEND_TIMEOUT_S = 10.0
 MIN_RENDER_INTERVAL_S = 0.05
 MAX_LOOP_SHARE = 0.05
 RECEIVE_BYTES = 4096
+# A connection flood is logged once a minute at most.
+REFUSAL_LOG_INTERVAL_S = 60.0
 # Lingering close: how long and how much of what a client still sends is dropped.
 LINGER_S = 1.0
 LINGER_BYTES = 64 << 10
@@ -79,7 +81,9 @@ class MetricsEndpoint:
         """`render()` returns the metrics text (UTF-8); it runs on the trio thread."""
         self.render = render
         self.open = 0
+        self.refused = 0
         self._next_render = float("-inf")  # trio's clock: the next render may start then
+        self._refusals_logged_at = float("-inf")
 
     async def serve(
         self,
@@ -97,7 +101,15 @@ class MetricsEndpoint:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         if self.open >= MAX_CONNECTIONS:
-            log.warning("metrics: %d connections open; refusing one", self.open)
+            self.refused += 1
+            now = trio.current_time()
+            if now - self._refusals_logged_at >= REFUSAL_LOG_INTERVAL_S:  # a flood logs little
+                self._refusals_logged_at = now
+                log.warning(
+                    "metrics: %d connections open; refusing more (%d so far)",
+                    self.open,
+                    self.refused,
+                )
             await trio.aclose_forcefully(stream)
             return
         self.open += 1

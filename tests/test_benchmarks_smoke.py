@@ -128,3 +128,19 @@ def test_bench_protocol_quick_reports_every_figure(tmp_path: Path) -> None:
         "parse_32_vs_msgpack_ratio",
         "encode_vs_packb_ratio",
     )
+
+
+def test_bench_metrics_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures = run_quick("bench_metrics.py", tmp_path)
+    assert figures["quick"] is True
+    assert_positive(
+        figures,
+        "observe_us",
+        "prom_observe_us",
+        "count_us",
+        "prom_count_us",
+        "answered_us",
+        "render_us_1",
+        "render_us_100",
+        "render_bytes_100",
+    )

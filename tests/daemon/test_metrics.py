@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.e2e import call_error, create_network, next_subnet_prefix
+from tests.daemon.e2e import call_error, create_network, next_subnet_prefix, raw_call
 from tests.daemon.metrics_support import Family, metrics_daemon, parse, scrape
 from tests.support import Daemon, RawClient
 
@@ -119,6 +119,8 @@ def test_metrics_agree_with_stats_after_a_known_sequence(metered: tuple[Daemon, 
         call_error(client, "alloc", {"container_id": "x", "networks": {"met-none": {}}}, code=3)
         call_error(client, "bogus.method", {}, code=2)
         call_error(client, "network.get", {"name": "met-none"}, code=3)
+        # A frame that is no request (its method is not a string): counted as "frame".
+        assert raw_call(client, [0, 99, 12345, []])[2]["name"] == "invalid_request"
         gc = client.call("gc", {"network": v4, "valid": [{"container_id": "c0"}]})
         assert sorted(lease["container_id"] for lease in gc["released"]) == ["c2", "c4"]
         client.call("gc", {"network": dual, "valid": [], "dry_run": True})  # not counted
@@ -180,6 +182,7 @@ def test_metrics_agree_with_stats_after_a_known_sequence(metered: tuple[Daemon, 
         (("error", "network_not_found"), ("method", "alloc")): 1,
         (("error", "unknown_method"), ("method", "unknown")): 1,
         (("error", "network_not_found"), ("method", "network.get")): 1,
+        (("error", "invalid_request"), ("method", "frame")): 1,
     }
 
     # Histograms: every alloc answered (the two failed ones too) was timed.
