@@ -189,6 +189,23 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_timeout(
     assert metrics_http.REQUEST_TIMEOUT_S <= closed_after < metrics_http.REQUEST_TIMEOUT_S + 1
 
 
+async def test_a_scraper_that_never_reads_its_answer_is_dropped_after_the_send_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    endpoint = MetricsEndpoint(lambda: b"x 1\n" * 100_000)
+    # Lockstep: a send waits until the peer receives, as a full socket buffer would.
+    client, server = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = trio.current_time()
+        with trio.fail_after(10 * metrics_http.SEND_TIMEOUT_S):  # a failure, not a hang
+            await endpoint._handle(server)  # returns once it has given up on us
+        gave_up_after = trio.current_time() - started
+    assert endpoint.open == 0
+    limit = metrics_http.SEND_TIMEOUT_S + metrics_http.LINGER_S
+    assert metrics_http.SEND_TIMEOUT_S <= gave_up_after <= limit + 0.1
+
+
 async def test_renders_are_paced_however_fast_scrapers_ask(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
