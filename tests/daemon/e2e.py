@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,3 +186,45 @@ def private_socket_dir() -> Path:
     path = Path(tempfile.mkdtemp(prefix="ipamd-e2e-"))
     os.chmod(path, 0o755)
     return path
+
+
+class SocketActivator:
+    """`systemd-socket-activate ARGV`, started; `wait_listening` returns once every
+    socket listens (it says "Listening on ADDR as FD." after listen(2), the event
+    to wait for: a socket file exists from bind(2) on, before connects succeed).
+    Its output is copied to `log_path` by a thread, so the daemon never blocks on
+    a full pipe."""
+
+    def __init__(self, argv: list[str], log_path: Path, sockets: int) -> None:
+        self.log_path = log_path
+        self._sockets = sockets
+        self._listening = threading.Event()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._copier = threading.Thread(target=self._copy, daemon=True)
+        self._copier.start()
+
+    def _copy(self) -> None:
+        assert self.proc.stdout is not None
+        seen = 0
+        with self.log_path.open("wb") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                if line.startswith(b"Listening on "):
+                    seen += 1
+                    if seen == self._sockets:
+                        self._listening.set()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        if not self._listening.wait(timeout):
+            raise AssertionError(f"not listening within {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        """Kill it if it still runs; then its whole output is in the log."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._copier.join(timeout=10)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.e2e import EXIT_CONFIG, run_ipamd, wait_for, write_config
+from tests.daemon.e2e import EXIT_CONFIG, SocketActivator, run_ipamd, write_config
 from tests.daemon.metrics_support import free_port, parse, scrape
 from tests.daemon.test_systemd_activation import exec_start
 from tests.support import Daemon, RawClient
@@ -58,8 +58,7 @@ def test_socket_activation_serves_metrics_on_the_passed_tcp_socket(tmp_path: Pat
     rpc_path = tmp_path / "ipamd.sock"
     state = tmp_path / "state"
     port = free_port()
-    log = (tmp_path / "activate.log").open("wb")
-    activator = subprocess.Popen(
+    activator = SocketActivator(
         [
             SOCKET_ACTIVATE,
             "-l",
@@ -71,11 +70,11 @@ def test_socket_activation_serves_metrics_on_the_passed_tcp_socket(tmp_path: Pat
             f"--fdname=ipamd.socket:{unit_setting(METRICS_UNIT, 'FileDescriptorName')}",
             *exec_start(state),
         ],
-        stdout=log,
-        stderr=log,
+        tmp_path / "activate.log",
+        sockets=2,
     )
     try:
-        wait_for(rpc_path.exists, what="systemd-socket-activate to bind its sockets")
+        activator.wait_listening()
         assert not state.exists()  # no daemon yet: the scrape starts it
 
         families = parse(scrape(port))
@@ -86,19 +85,16 @@ def test_socket_activation_serves_metrics_on_the_passed_tcp_socket(tmp_path: Pat
             client.call("alloc", {"container_id": "a1", "networks": {"act": {}}})
             status = client.call("status")
             text = client.call("metrics")["text"]
-        assert status["pid"] == activator.pid  # one daemon serves both sockets
+        assert status["pid"] == activator.proc.pid  # one daemon serves both sockets
         over_http = parse(scrape(port))
         assert over_http["ipamd_network_leases"].value("ipamd_network_leases", network="act") == 1
         assert set(over_http) == set(parse(text))
 
-        activator.send_signal(signal.SIGTERM)
-        assert activator.wait(timeout=20) == 0
+        activator.proc.send_signal(signal.SIGTERM)
+        assert activator.proc.wait(timeout=20) == 0
     finally:
-        if activator.poll() is None:
-            activator.kill()
-            activator.wait()
-        log.close()
-    assert "metrics on http://127.0.0.1:" in (tmp_path / "activate.log").read_text()
+        activator.close()
+    assert "metrics on http://127.0.0.1:" in activator.log()
 
 
 @pytest.mark.parametrize(

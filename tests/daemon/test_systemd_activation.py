@@ -15,7 +15,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from ipamd.status_line import STATUS_REFRESH_S
 from tests.daemon.e2e import (
     IPAMD_SCRIPT,
+    SocketActivator,
     notify_receiver,
     proc_state,
     receive_notifications,
@@ -62,14 +62,13 @@ def test_socket_activation_answers_a_client_that_came_before_the_daemon(
     assert SOCKET_ACTIVATE is not None
     sock_path = tmp_path / "ipamd.sock"
     state = tmp_path / "state"
-    log = (tmp_path / "activate.log").open("wb")
-    activator = subprocess.Popen(
+    activator = SocketActivator(
         [SOCKET_ACTIVATE, "-l", str(sock_path), *exec_start(state)],
-        stdout=log,
-        stderr=log,
+        tmp_path / "activate.log",
+        sockets=1,
     )
     try:
-        wait_for(sock_path.exists, what="systemd-socket-activate to bind the socket")
+        activator.wait_listening()
         assert not state.exists()  # no daemon yet: it starts on our connection
 
         with RawClient(sock_path, timeout=30) as client:
@@ -81,20 +80,17 @@ def test_socket_activation_answers_a_client_that_came_before_the_daemon(
         assert ping["version"]
         assert result["networks"]["n"]["ips"][0]["address"] == "10.1.0.1/24"
         # systemd-socket-activate execs the daemon in its own process.
-        assert status["pid"] == activator.pid
+        assert status["pid"] == activator.proc.pid
         assert status["state_dir"] == str(state)
         with RawClient(sock_path, timeout=10) as again:  # the same socket keeps serving
             assert again.call("get", {"container_id": "c1"})["networks"] == result["networks"]
 
-        activator.send_signal(signal.SIGTERM)
-        assert activator.wait(timeout=20) == 0
+        activator.proc.send_signal(signal.SIGTERM)
+        assert activator.proc.wait(timeout=20) == 0
         # The socket belongs to whoever passed it in: the daemon leaves it alone.
         assert sock_path.exists()
     finally:
-        if activator.poll() is None:
-            activator.kill()
-            activator.wait()
-        log.close()
+        activator.close()
 
 
 # -- sd_notify ---------------------------------------------------------------------
