@@ -81,12 +81,13 @@ class RequestCounters:
     errors are the stable names of DESIGN.md section 4.
     """
 
-    __slots__ = ("allocations", "errors", "gc_released", "releases")
+    __slots__ = ("allocations", "errors", "gc_released", "reclaimed", "releases")
 
     def __init__(self) -> None:
         self.allocations: Counter[str] = Counter()  # network -> successful alloc answers
         self.releases: Counter[str] = Counter()  # network -> releases that freed something
         self.gc_released: Counter[str] = Counter()  # network -> leases gc released
+        self.reclaimed: Counter[str] = Counter()  # network -> suspect leases reclaimed
         self.errors: Counter[tuple[str, str]] = Counter()  # (method, error name) -> answers
 
     def answered(

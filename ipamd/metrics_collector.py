@@ -31,7 +31,6 @@ from ipamd import __version__
 from ipamd.instruments import Histogram
 from ipamd.server import Server
 from ipamd.service import Service
-from ipamd.writer import NetworkSnapshot
 
 SUBNET_LABELS = ("network", "subnet")
 
@@ -80,16 +79,15 @@ class IpamdCollector(Collector):
         )
         suspect = GaugeMetricFamily(
             "ipamd_network_suspect_leases",
-            "Leases made or last confirmed in another boot than the current one.",
+            "Leases made or last confirmed in an earlier boot of the host, not confirmed"
+            " since (suspect: their containers may be gone).",
             labels=("network",),
         )
         committed = self.service.writer.committed
         for name in sorted(committed):
             snap = committed[name]
             leases.add_metric((name,), snap.leases)
-            count = suspect_leases(snap)
-            if count is not None:
-                suspect.add_metric((name,), count)
+            suspect.add_metric((name,), snap.suspect)
             for subnet, stats in zip(snap.network.subnets, snap.subnets, strict=True):
                 labels = (name, str(subnet.cidr))
                 size.add_metric(labels, stats.size)
@@ -102,9 +100,8 @@ class IpamdCollector(Collector):
             "ipamd_build_info", "Always 1; the daemon's version.", labels=("version",)
         )
         info.add_metric((__version__,), 1)
-        yield from (info, networks, leases, size, allocatable, allocated, free, utilisation)
-        if suspect.samples:
-            yield suspect
+        yield from (info, networks, leases, suspect, size, allocatable, allocated, free)
+        yield utilisation
 
     def _requests(self) -> Iterator[Metric]:
         counters = self.service.counters
@@ -130,6 +127,14 @@ class IpamdCollector(Collector):
         )
         for network, count in sorted(counters.gc_released.items()):
             gc_released.add_metric((network,), count)
+        reclaimed = CounterMetricFamily(
+            "ipamd_reclaimed_leases",
+            "Suspect leases released because [leases] reclaim_after_reboot passed"
+            " without a confirmation.",
+            labels=("network",),
+        )
+        for network, count in sorted(counters.reclaimed.items()):
+            reclaimed.add_metric((network,), count)
         errors = CounterMetricFamily(
             "ipamd_errors",
             "Error answers by method and error name (DESIGN.md section 4); method is"
@@ -139,7 +144,7 @@ class IpamdCollector(Collector):
         )
         for (method, error), count in sorted(counters.errors.items()):
             errors.add_metric((method, error), count)
-        yield from (allocations, releases, gc_released, errors)
+        yield from (allocations, releases, gc_released, reclaimed, errors)
         yield histogram(
             "ipamd_alloc_duration_seconds",
             "alloc requests, from when the daemon read the request to when it wrote"
@@ -195,12 +200,6 @@ class IpamdCollector(Collector):
             "Client connections closed at once because max_connections were open.",
             value=server.refused,
         )
-
-
-def suspect_leases(snap: NetworkSnapshot) -> int | None:
-    """The network's suspect leases (DESIGN.md section 7), or None while the
-    snapshot does not count them: the hook for leases across reboots."""
-    return None
 
 
 def histogram(name: str, documentation: str, values: Histogram) -> HistogramMetricFamily:

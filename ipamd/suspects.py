@@ -90,6 +90,8 @@ async def _reclaim_all(service: Service, grace_text: str) -> None:
                     f" reclaim_after_reboot ({grace_text}) of start",
                 )
             released += len(result["released"])
+            for lease in result["released"]:
+                service.counters.reclaimed[lease["network"]] += 1
         if after is None:
             break
         await trio.lowlevel.checkpoint()  # let requests in between pages

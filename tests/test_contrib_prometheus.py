@@ -65,7 +65,7 @@ def dashboard_queries() -> list[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     done = promtool("check", "rules", RULES.name)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 5 rules found" in done.stdout
+    assert "SUCCESS: 6 rules found" in done.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:

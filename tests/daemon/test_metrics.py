@@ -30,6 +30,7 @@ EXPECTED_TYPES = {
     "ipamd_build_info": "gauge",
     "ipamd_networks": "gauge",
     "ipamd_network_leases": "gauge",
+    "ipamd_network_suspect_leases": "gauge",
     "ipamd_subnet_size_addresses": "gauge",
     "ipamd_subnet_allocatable_addresses": "gauge",
     "ipamd_subnet_allocated_addresses": "gauge",
@@ -38,6 +39,7 @@ EXPECTED_TYPES = {
     "ipamd_allocations": "counter",
     "ipamd_releases": "counter",
     "ipamd_gc_released_leases": "counter",
+    "ipamd_reclaimed_leases": "counter",
     "ipamd_errors": "counter",
     "ipamd_alloc_duration_seconds": "histogram",
     "ipamd_writer_group_size": "histogram",
@@ -143,6 +145,8 @@ def test_metrics_agree_with_stats_after_a_known_sequence(metered: tuple[Daemon, 
             families["ipamd_network_leases"].value("ipamd_network_leases", network=name)
             == (network["leases"])
         )
+        suspect = families["ipamd_network_suspect_leases"]
+        assert suspect.value("ipamd_network_suspect_leases", network=name) == network["suspect"]
         for subnet in network["subnets"]:
             labels = {"network": name, "subnet": subnet["subnet"]}
             for metric, key in (
