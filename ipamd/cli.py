@@ -5,8 +5,10 @@
 Human output by default (aligned tables; `stats` and `network inspect` draw a
 utilisation bar per subnet); `--json` prints the daemon's result as one JSON
 document with sorted keys, for scripts (`leases` prints one JSON array, one
-lease per line, as it pages through them). Errors go to stderr as one line,
-`ipamd-client: NAME: MESSAGE`, and set the exit status.
+lease per line, as it pages through them); `--json` may come before or after
+the command. Errors go to stderr as one line, `ipamd-client: NAME: MESSAGE`,
+and set the exit status; with `--json` a daemon error is printed on stdout
+too, as `{"error": {"code", "name", "message"}}`.
 
 Exit statuses: 0 on success, 10 + the daemon's error code for a daemon error
 (11 invalid_request ... 23 request_too_large), sysexits for the rest; the
@@ -41,24 +43,29 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, NoReturn
 
-from ipamd import __version__
+from ipamd import __version__, exits
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, render
-from ipamd.errors import ERRORS_BY_CODE, IpamError
+from ipamd.errors import ERRORS_BY_CODE, IpamError, NetworkInUse
 
 PROG: Final = "ipamd-client"
 
-EXIT_OK: Final = 0
-EXIT_UNKNOWN_ERROR: Final = 1
+# The sysexits statuses are ipamd/exits.py's, shared with `ipamd` and `ipamd check`.
+EXIT_OK: Final = exits.OK
+EXIT_UNKNOWN_ERROR: Final = exits.FAILURE
 # A daemon error exits with this plus its code: invalid_request (1) -> 11 ... request_too_large
 # (13) -> 23; unknown codes keep clear of the sysexits range below.
 EXIT_ERROR_BASE: Final = 10
-EXIT_USAGE: Final = 64
-EXIT_DATAERR: Final = 65
-EXIT_NOINPUT: Final = 66
-EXIT_UNAVAILABLE: Final = 69
-EXIT_TEMPFAIL: Final = 75
-EXIT_PROTOCOL: Final = 76
-EXIT_INTERRUPTED: Final = 130
+EXIT_USAGE: Final = exits.USAGE
+EXIT_DATAERR: Final = exits.DATAERR
+EXIT_NOINPUT: Final = exits.NOINPUT
+EXIT_UNAVAILABLE: Final = exits.UNAVAILABLE
+EXIT_TEMPFAIL: Final = exits.TEMPFAIL
+EXIT_PROTOCOL: Final = exits.PROTOCOL
+EXIT_INTERRUPTED: Final = exits.INTERRUPTED
+# Said after "cannot connect": how to point the client at the daemon it should reach.
+CONNECT_HINT: Final = (
+    "is ipamd running? Point ipamd-client at its socket with --socket PATH or IPAMD_SOCKET=PATH"
+)
 
 EXIT_STATUS_HELP: Final = """\
 exit status:
@@ -87,6 +94,10 @@ exit status:
 """
 
 LEASE_PAGE: Final = 1000
+JSON_HELP: Final = (
+    "print the daemon's result as JSON, for scripts (a daemon error too, on stdout:"
+    ' {"error": {"code", "name", "message"}}); before or after the command'
+)
 
 
 def exit_status(error: IpamError) -> int:
@@ -227,9 +238,11 @@ def _subcommand(
     handler: Callable[[Client, argparse.Namespace, Output], None] | None,
     summary: str,
     example: str,
+    aliases: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
+        aliases=list(aliases),
         help=summary,
         description=summary,
         epilog="example:\n" + "\n".join(f"  {line}" for line in example.strip().splitlines()),
@@ -237,6 +250,9 @@ def _subcommand(
     )
     if handler is not None:
         parser.set_defaults(handler=handler)
+    # --json after the subcommand too (`ipamd-client stats --json`). SUPPRESS: when it
+    # is not given here, the value from before the subcommand stands.
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
     return parser
 
 
@@ -256,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's socket (default: $IPAMD_SOCKET, else /run/ipamd/ipamd.sock as root, "
         "else $XDG_RUNTIME_DIR/ipamd/ipamd.sock or /tmp/ipamd-UID/ipamd.sock)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print the daemon's result as JSON, for scripts"
-    )
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     parser.add_argument(
         "--timeout",
         metavar="SECONDS",
@@ -346,7 +360,14 @@ ipamd-client network create --file podman.toml    # or .json: {"name", "subnets"
         "--file", type=Path, metavar="FILE", help="the network as JSON or TOML (network.create)"
     )
 
-    _subcommand(network_commands, "ls", cmd_network_ls, "list networks", "ipamd-client network ls")
+    _subcommand(
+        network_commands,
+        "ls",
+        cmd_network_ls,
+        "list networks",
+        "ipamd-client network ls",
+        aliases=["list"],  # people type both
+    )
     inspect = _subcommand(
         network_commands,
         "inspect",
@@ -599,7 +620,12 @@ def cmd_network_inspect(client: Client, args: argparse.Namespace, out: Output) -
 
 
 def cmd_network_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
-    result = client.network_delete(args.name, force=args.force)
+    try:
+        result = client.network_delete(args.name, force=args.force)
+    except NetworkInUse as e:
+        raise NetworkInUse(
+            f"{e.message} (`ipamd-client network rm {args.name} --force` releases them)"
+        ) from None
     out.result(
         result,
         lambda: [
@@ -732,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.handler(client, args, out)
         sys.stdout.flush()
     except IpamError as e:
+        if args.json:  # scripts read the error where they read results
+            sys.stdout.write(json.dumps({"error": e.to_wire()}, indent=2, sort_keys=True) + "\n")
         return _fail(exit_status(e), e.name, e.message)
     except RequestTimeout as e:
         return _fail(EXIT_TEMPFAIL, "timeout", e.message)
@@ -740,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except render.BadResult as e:
         return _fail(EXIT_PROTOCOL, "protocol_error", str(e))
     except ConnectionFailed as e:
-        return _fail(EXIT_UNAVAILABLE, "connection_failed", e.message)
+        return _fail(EXIT_UNAVAILABLE, "connection_failed", f"{e.message}; {CONNECT_HINT}")
     except CliError as e:
         if e.status == EXIT_USAGE:
             return _fail(e.status, "error", str(e))

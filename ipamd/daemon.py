@@ -34,7 +34,9 @@ from ipamd import __version__, exits, journal, paths, sdnotify
 from ipamd.boot import BootIdError, read_boot_id
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
+from ipamd.environment import EnvironmentRefused, read_environment
 from ipamd.errors import IpamError, NetworkExists
+from ipamd.log_time import TimedFormatter
 from ipamd.metrics import Metrics
 from ipamd.server import Server
 from ipamd.service import Service
@@ -117,8 +119,13 @@ def tune_gc() -> None:
 
 
 async def run_daemon(
-    config: Config, listening: socket.socket, metrics_listening: socket.socket | None = None
+    config: Config,
+    listening: socket.socket,
+    metrics_listening: socket.socket | None = None,
+    watchdog_interval: float | None = None,
 ) -> None:
+    """Serve until SIGTERM/SIGINT. `watchdog_interval` is environment.py's verdict
+    on WATCHDOG_USEC/WATCHDOG_PID, judged before READY (None: no pings)."""
     boot = read_boot_id(config.leases.boot_id_path)  # once: the boot cannot change under us
     store = Store(config.state_dir, boot)
     try:
@@ -187,9 +194,8 @@ async def run_daemon(
                 status.mark_sent(status.text())
                 sdnotify.notify(f"READY=1\nSTATUS={status.sent}")
                 nursery.start_soon(status.run)
-                interval = sdnotify.watchdog_interval()
-                if interval is not None:
-                    nursery.start_soon(watchdog, interval)
+                if watchdog_interval is not None:
+                    nursery.start_soon(watchdog, watchdog_interval)
                 async for signum in signals:
                     log.info("%s: shutting down", signal.Signals(signum).name)
                     break
@@ -224,13 +230,15 @@ def setup_logging(level: str) -> None:
     """One line per record on stderr, whose format this function alone decides.
 
     When stderr is the journal, every line starts with its priority (`<3>` for
-    errors), which journald keeps for `journalctl -p err` (ipamd/journal.py).
+    errors), which journald keeps for `journalctl -p err` (ipamd/journal.py);
+    the journal stamps entries itself. Anywhere else a line starts with its
+    ISO time (ipamd/log_time.py).
     """
     fmt = "%(levelname)s %(name)s: %(message)s"
     if journal.stderr_is_journal():
         formatter: logging.Formatter = journal.PriorityFormatter(fmt)
     else:
-        formatter = logging.Formatter(fmt)
+        formatter = TimedFormatter(fmt)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
@@ -253,11 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return exits.CONFIG
     setup_logging(config.log_level)
+    try:
+        started = read_environment()
+    except EnvironmentRefused as e:
+        log.error("%s", e)
+        return exits.CONFIG
+    for warning in started.warnings:
+        log.warning("%s", warning)
     passed: list[socket.socket] = []
     metrics_listening: socket.socket | None = None
     bound: paths.SocketIdentity | None = None
     try:
-        named = sdnotify.listen_fds_with_names()
+        named = started.passed_sockets
         passed = [sock for name, sock in named if name != METRICS_FD_NAME]
         metrics_listening = next((s for n, s in named if n == METRICS_FD_NAME), None)
         if metrics_listening is None and config.metrics_listen is not None:
@@ -266,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
             listening = passed[0]
         else:
             listening, bound = bind_socket(config)
-    except (BindError, ValueError) as e:
+    except BindError as e:
         log.error("%s", e)
         return exits.CANTCREAT
     try:
-        trio.run(run_daemon, config, listening, metrics_listening)
+        trio.run(run_daemon, config, listening, metrics_listening, started.watchdog_interval)
     except KeyboardInterrupt:
         return exits.OK
     except Exception as e:

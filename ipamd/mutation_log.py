@@ -7,7 +7,7 @@ daemon's CPU, so lines are collected and written in one go once the current
 burst of answers is done (the writer answers a whole batch without yielding:
 `run`, a task of the daemon's, writes them when it yields),
 in the same format as the daemon's other log lines (with the journal's `<6>`
-when stderr is the journal), and only when INFO is on.
+when stderr is the journal, else the ISO time), and only when INFO is on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import TextIO
 import trio
 
 from ipamd import journal
+from ipamd.log_time import iso_now
 
 LOGGER_NAME = "ipamd.mutations"
 
@@ -30,6 +31,8 @@ class MutationLog:
         # What setup_logging's formatter would put before an INFO line.
         journal_stream = stream is None and journal.stderr_is_journal()
         self._prefix = f"<{journal.priority(logging.INFO)}>" if journal_stream else ""
+        # ... or the ISO time that setup_logging's formatter puts there off the journal.
+        self._timed = stream is None and not journal_stream
         self._lines: list[str] = []
         self._burst_over = trio.lowlevel.ParkingLot()  # where `run` waits
         self._running = False
@@ -54,7 +57,10 @@ class MutationLog:
     def record(self, method: str, subject: str, caller: str, outcome: str) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        line = f"{self._prefix}INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n"
+        stamp = f"{iso_now()} " if self._timed else ""
+        line = (
+            f"{self._prefix}{stamp}INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n"
+        )
         self._lines.append(line)
         if not self._running:
             self.flush()

@@ -161,7 +161,7 @@ class Service:
         dry_run = params.get("dry_run") is True
 
         def done(result: Any, error: IpamError | None) -> None:
-            outcome = "ok" if error is None else f"{error.name}: {error}"
+            outcome = _outcome(method, result) if error is None else f"{error.name}: {error}"
             self.mutation_log.record(method, subject, caller, outcome)
             self.counters.answered(method, result, error, dry_run=dry_run)
             if method == "gc" and error is None and not dry_run:
@@ -422,3 +422,19 @@ def _subject(params: dict[str, Any]) -> str:
         if isinstance(params.get(key), str):
             return f"{key}={params[key][:80]}"
     return ""
+
+
+def _outcome(method: str, result: Any) -> str:
+    """A successful mutation's log text: with the addresses an alloc handed out or a
+    release took back, so that grepping the log for an address finds them."""
+    if method == "alloc":
+        held = [
+            f"{name} {' '.join(ip['address'] for ip in attachment['ips'])}"
+            for name, attachment in result["networks"].items()
+            if attachment["ips"]
+        ]
+        return f"ok: {'; '.join(held)}" if held else "ok"
+    if method == "release":
+        released = [f"{name} {' '.join(ips)}" for name, ips in result["released"].items() if ips]
+        return f"ok: released {'; '.join(released)}" if released else "ok: nothing held"
+    return "ok"

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -25,6 +26,9 @@ var getenv = os.Getenv
 
 // replyVersion is the cniVersion errors carry: the call's, once it is known.
 var replyVersion = latestVersion
+
+// pluginVersion is ipamd's (pyproject.toml); tests/cni checks that they agree.
+const pluginVersion = "0.1.0"
 
 var commands = map[string]bool{"ADD": true, "DEL": true, "CHECK": true, "GC": true, "STATUS": true, "VERSION": true}
 
@@ -51,6 +55,13 @@ func run(stdin io.Reader, out io.Writer) (status int) {
 }
 
 func dispatch(env environment, stdin io.Reader, out io.Writer) *types.Error {
+	if env == (environment{}) {
+		// Run by hand, with no CNI variable at all: say what this is, as host-local
+		// does. (A runtime that sets the others but not CNI_COMMAND gets an error.)
+		fmt.Fprintf(os.Stderr, "CNI ipamd plugin version %s; supported CNI versions: %s\n",
+			pluginVersion, strings.Join(supportedVersions, ", "))
+		return nil
+	}
 	switch env.command {
 	case "ADD", "DEL", "CHECK":
 		add := func(args *skel.CmdArgs) error {

@@ -49,7 +49,11 @@ def ok_json(sock: Path, *args: str, stdin: str | None = None) -> Any:
 
 def fails(sock: Path, *args: str) -> tuple[int, str]:
     done = run(sock, *args)
-    assert done.stdout == ""
+    if "--json" in args:  # a daemon error is JSON on stdout as well
+        error = json.loads(done.stdout)["error"]
+        assert done.returncode == 10 + error["code"], (done.returncode, error)
+    else:
+        assert done.stdout == ""
     return done.returncode, done.stderr
 
 
@@ -339,7 +343,7 @@ def test_connection_failures(tmp_path: Path, fake_peer: Callable[[str], FakePeer
     assert fails(missing, "ping") == (
         69,
         f"ipamd-client: connection_failed: cannot connect to ipamd at {missing}: "
-        "No such file or directory\n",
+        f"No such file or directory; {cli.CONNECT_HINT}\n",
     )
     silent = tmp_path / "silent.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:

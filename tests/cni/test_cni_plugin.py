@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import ipamd
 from tests.cni.cni_support import VERSIONS, Cni, leases
 from tests.support import Daemon
 
@@ -284,6 +286,17 @@ def test_daemon_down(plugin_dir: Path, tmp_path: Path, version: str) -> None:
     if version not in BEFORE_GC_AND_STATUS:
         down.fails("STATUS", config, 50)
         down.fails("GC", {**config, "cni.dev/valid-attachments": []}, 11)
+
+
+def test_run_by_hand_it_says_what_it_is_as_host_local_does(plugin_dir: Path) -> None:
+    done = subprocess.run(
+        [str(plugin_dir / "ipamd")], env={}, stdin=subprocess.DEVNULL, capture_output=True
+    )
+    assert (done.returncode, done.stdout) == (0, b""), done
+    assert done.stderr.decode() == (
+        f"CNI ipamd plugin version {ipamd.__version__}; supported CNI versions:"
+        f" {', '.join(VERSIONS)}\n"
+    )
 
 
 @pytest.mark.parametrize(

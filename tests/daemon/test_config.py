@@ -34,7 +34,7 @@ gateway = "fd00:89::1"
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("ERROR")]
+    return [line for line in stderr.splitlines() if " ERROR " in f" {line}"]
 
 
 def test_networks_in_the_config_are_created_at_start(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,9 @@ def test_no_prefix_when_stderr_is_not_the_stream_journal_stream_names(tmp_path: 
     assert run_with_bad_config(tmp_path, {"JOURNAL_STREAM": ""}, log) == 78
 
     lines = log.read_text().splitlines()
-    assert len(lines) == 2 and all(line.startswith("ERROR ipamd: ") for line in lines), lines
+    # Not the journal: plain lines, each starting with its ISO time (log_time.py).
+    timed = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d ERROR ipamd: ")
+    assert len(lines) == 2 and all(timed.match(line) for line in lines), lines
 
 
 def test_every_line_of_a_running_daemon_starts_with_its_priority(tmp_path: Path) -> None:
