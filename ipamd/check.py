@@ -278,11 +278,25 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"the daemon's state directory (default: {default_state_dir()})",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="then check this host's leases and blocks against etcd ([cluster] in --config)",
+    )
+    parser.add_argument("--config", type=Path, default=None, help="the daemon's TOML config")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (64): a status, not an exit
         return e.code if isinstance(e.code, int) else exits.USAGE
     state_dir: Path = args.state_dir or default_state_dir()
+    if args.cluster:
+        # The local check first: blocks are checked on top of a sound database.
+        status = main(["--state-dir", str(state_dir)])
+        if status != exits.OK:
+            return status
+        from ipamd.cluster.check_main import run_cluster_check
+
+        return run_cluster_check(args.config, state_dir)
     store = Store(state_dir)
     if not store.path.exists():
         print(f"ipamd check: no database at {store.path}", file=sys.stderr)

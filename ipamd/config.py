@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import grp
 import ipaddress
+import os
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ipamd.boot import LeasesConfig, leases_config_from_toml
-from ipamd.core.network import Network
+from ipamd.core.network import NAME_PATTERN, Network
 from ipamd.errors import IpamError
 from ipamd.paths import default_socket_path, default_state_dir
 
@@ -41,6 +43,24 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """`[cluster]`: how this host reaches etcd and names itself there."""
+
+    endpoints: tuple[str, ...]
+    host: str  # unique and stable: the blocks this host owns carry it
+    prefix: str = "/ipamd"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    # The liveness key's lease: a host silent this long counts as dead.
+    lease_ttl: int = 10
+    # How often etcd is read for networks and block owners, and the summary published.
+    sync_interval: float = 5.0
+    # A block empty this long goes back to etcd (one per subnet is always kept).
+    return_empty_after: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     socket: Path = field(default_factory=default_socket_path)
     state_dir: Path = field(default_factory=default_state_dir)
@@ -54,9 +74,11 @@ class Config:
     # [metrics] listen: (IP address, port) of the HTTP endpoint to bind; None: none.
     metrics_listen: tuple[str, int] | None = None
     leases: LeasesConfig = field(default_factory=LeasesConfig)
+    cluster: ClusterConfig | None = None
 
 
 TOP_KEYS = {
+    "cluster",
     "socket",
     "state_dir",
     "log_level",
@@ -132,7 +154,85 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
         networks=_networks(raw.get("networks", [])),
         metrics_listen=_listen_address(_table(raw, "metrics", {"listen"}).get("listen")),
         leases=leases,
+        cluster=_cluster(raw),
     )
+
+
+CLUSTER_KEYS = {
+    "endpoints",
+    "host",
+    "prefix",
+    "ca",
+    "cert",
+    "key",
+    "lease_ttl",
+    "sync_interval",
+    "return_empty_after",
+}
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _cluster(raw: dict[str, Any]) -> ClusterConfig | None:
+    if "cluster" not in raw:
+        return None
+    table = _table(raw, "cluster", CLUSTER_KEYS)
+    endpoints = table.get("endpoints")
+    if (
+        not isinstance(endpoints, list)
+        or not endpoints
+        or not all(isinstance(e, str) and e.startswith(("http://", "https://")) for e in endpoints)
+    ):
+        raise ConfigError(
+            'cluster.endpoints must be a list of etcd client URLs like "https://10.0.0.1:2379",'
+            f" got {endpoints!r}"
+        )
+    host = table.get("host", socket.gethostname())
+    if not isinstance(host, str) or not NAME_PATTERN.fullmatch(host):
+        raise ConfigError(
+            f"cluster.host {host!r} is not a usable host name: want 1-64 characters of"
+            " [A-Za-z0-9_.-], unique and stable for this host"
+        )
+    prefix = _typed(table, "prefix", str, "/ipamd")
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError(f'cluster.prefix {prefix!r} must start with "/" and not end with one')
+    tls = {name: table.get(name) for name in ("ca", "cert", "key")}
+    for name, value in tls.items():
+        if value is not None and (not isinstance(value, str) or not os.path.isabs(value)):
+            raise ConfigError(f"cluster.{name} must be an absolute path, got {value!r}")
+    if (tls["cert"] is None) != (tls["key"] is None):
+        raise ConfigError("cluster.cert and cluster.key go together: give both or neither")
+    lease_ttl = _duration(table, "lease_ttl", 10.0)
+    if lease_ttl < 2:
+        raise ConfigError(f"cluster.lease_ttl must be at least 2 seconds, got {lease_ttl:g}")
+    return ClusterConfig(
+        endpoints=tuple(endpoints),
+        host=host,
+        prefix=prefix,
+        ca=tls["ca"],
+        cert=tls["cert"],
+        key=tls["key"],
+        lease_ttl=int(lease_ttl),
+        sync_interval=_duration(table, "sync_interval", 5.0),
+        return_empty_after=_duration(table, "return_empty_after", 600.0),
+    )
+
+
+def _duration(table: dict[str, Any], key: str, default: float) -> float:
+    """Seconds, from a number or a text like "30s", "10m", "1h"."""
+    value = table.get(key, default)
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value[-1:] in _DURATION_UNITS:
+        try:
+            seconds = float(value[:-1]) * _DURATION_UNITS[value[-1]]
+        except ValueError:
+            seconds = None
+    if seconds is None or seconds <= 0:
+        raise ConfigError(
+            f'cluster.{key} must be a positive duration like "30s", "10m" or "1h", got {value!r}'
+        )
+    return seconds
 
 
 def _typed(raw: dict[str, Any], key: str, kind: type, default: Any) -> Any:
@@ -212,9 +312,15 @@ def _networks(value: Any) -> tuple[Network, ...]:
     networks: list[Network] = []
     for entry in value:
         try:
-            networks.append(Network.from_wire(entry))
+            network = Network.from_wire(entry)
         except IpamError as e:
             raise ConfigError(f"network {entry.get('name', '?')!r}: {e}") from None
+        if network.is_cluster:  # defined in etcd, which start-up does not wait for
+            raise ConfigError(
+                f"network {network.name!r}: a cluster network is defined once, with"
+                " `ipamd-client network create --scope cluster`, not in the config"
+            )
+        networks.append(network)
     names = [n.name for n in networks]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

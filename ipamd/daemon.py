@@ -136,8 +136,14 @@ async def run_daemon(
         ) from None
     try:
         allocator = await trio.to_thread.run_sync(store.load)
+        blocks = None
+        if config.cluster is not None:
+            from ipamd.cluster.local import LocalBlocks
+
+            blocks = LocalBlocks()  # cluster subnets hand out only the blocks owned here
+            blocks.rebuilt(allocator, store)
         tune_gc()
-        writer = Writer(store, allocator, max_batch=config.limits.max_batch)
+        writer = Writer(store, allocator, max_batch=config.limits.max_batch, extension=blocks)
         server: Server | None = None
         service = Service(writer, config, lambda: server.connections if server else 0)
         server = Server(service, config.limits)
@@ -156,6 +162,15 @@ async def run_daemon(
 
             await nursery.start(run_writer)
             nursery.start_soon(service.mutation_log.run)
+            if config.cluster is not None and blocks is not None:
+                from ipamd.cluster.frontend import ClusterFrontend
+                from ipamd.cluster.node import ClusterNode
+
+                # Started at once: READY comes from the local state; the
+                # catch-up with etcd goes on in the background (STATUS= says so).
+                node = ClusterNode(config.cluster, writer, blocks)
+                await nursery.start(node.run)
+                service.cluster = ClusterFrontend(node)
             await ensure_networks(writer, config)
             suspect = suspect_total(writer.committed)
             grace = config.leases.reclaim_after_reboot_s

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipamd import __version__
 from ipamd.config import Config
@@ -47,6 +47,8 @@ from ipamd.suspects import stale_line, suspect_total
 from ipamd.writer import NetworkSnapshot, OnDone, Writer
 
 log = logging.getLogger("ipamd.service")
+if TYPE_CHECKING:
+    from ipamd.cluster.frontend import ClusterFrontend
 
 MUTATIONS: dict[str, Callable[[dict[str, Any]], Mutation]] = {
     "network.create": CreateNetworkRequest.from_wire,
@@ -58,6 +60,10 @@ MUTATIONS: dict[str, Callable[[dict[str, Any]], Mutation]] = {
 LEASE_PAGE_DEFAULT = 1000
 # Stays under the protocol's default array limit (4096), so any client can read a page.
 LEASE_PAGE_MAX = 4000
+# Methods of cluster mode (ipamd/cluster/frontend.py): answered once etcd has
+# been asked, so they travel the mutations' path (a callback), not the reads'.
+CLUSTER_READS = frozenset({"cluster.status", "cluster.blocks"})
+CLUSTER_METHODS = CLUSTER_READS | {"cluster.release_host"}
 # msgpack integers stop at 64 bits; an IPv6 /64 has 2**64 addresses.
 LARGEST_WIRE_INT = 2**63 - 1
 
@@ -109,6 +115,7 @@ class Service:
         self.config = config
         self.connection_count = connection_count
         self.metrics_text = metrics_text  # the Prometheus exposition (metrics.py)
+        self.cluster: ClusterFrontend | None = None  # with a [cluster] config
         self.started = time.monotonic()
         self.mutation_log = MutationLog()
         self.counters = RequestCounters()
@@ -127,7 +134,7 @@ class Service:
         }
 
     def is_mutation(self, method: str) -> bool:
-        return method in MUTATIONS
+        return method in MUTATIONS or method in CLUSTER_METHODS
 
     def may_mutate(self, peer: Peer) -> bool:
         return (
@@ -169,11 +176,25 @@ class Service:
             on_done(result, error)
 
         try:
-            if not self.may_mutate(peer):
+            if method not in CLUSTER_READS and not self.may_mutate(peer):
                 raise PermissionDenied(
                     f"{method} is not allowed for uid {peer.uid} (gid {peer.gid})"
                 )
-            self.writer.submit_nowait(MUTATIONS[method](params), done)
+            if method in CLUSTER_METHODS:
+                if self.cluster is None:
+                    raise InvalidRequest(f"{method}: this host has no [cluster] configuration")
+                self.cluster.call(method, params, done)
+                return
+            mutation = MUTATIONS[method](params)
+            if self.cluster is not None and self.cluster.takes(mutation):
+                self.cluster.start(mutation, done)
+                return
+            if isinstance(mutation, CreateNetworkRequest) and mutation.network.is_cluster:
+                raise InvalidRequest(
+                    f"network {mutation.network.name} has scope cluster, but this host has no"
+                    " [cluster] configuration"
+                )
+            self.writer.submit_nowait(mutation, done)
         except IpamError as e:
             self.mutation_log.record(method, subject, caller, f"{e.name}: {e}")
             self.counters.answered(method, None, e)
@@ -220,6 +241,7 @@ class Service:
             "boot": self.boot,
             "suspect": suspect_total(committed),
             "reclaim_after_reboot": leases_config.reclaim_after_reboot_text,
+            **({"cluster": self.cluster.status()} if self.cluster is not None else {}),
         }
 
     def metrics(self, params: dict[str, Any]) -> Any:

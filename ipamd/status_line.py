@@ -32,6 +32,12 @@ def status_text(status: dict[str, Any]) -> str:
         text += f"; {status['failed_writes']} failed write(s) since start"
     if status.get("suspect"):
         text += f"; {status['suspect']} suspect (from an earlier boot, not confirmed yet)"
+    cluster = status.get("cluster")
+    if cluster is not None:
+        if cluster.get("etcd_error"):
+            text += f"; cluster: {cluster['etcd_error']}"
+        elif not cluster["caught_up"]:
+            text += "; cluster: catching up with etcd"
     return text
 
 

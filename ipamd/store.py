@@ -38,8 +38,10 @@ from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import IPAddress, IPNetwork, Network
 from ipamd.core.view import (
     Change,
+    DeleteEntry,
     DeleteLease,
     DeleteNetwork,
+    PutEntry,
     PutLease,
     PutNetwork,
     SetCursor,
@@ -457,6 +459,10 @@ class Store:
         for _, value in self._scan(prefix=keys.NETWORK):
             yield keys.decode_network(value)
 
+    def entries(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) under `prefix`: the kinds other modules own."""
+        return self._scan(prefix=prefix)
+
     def all_leases(self) -> Iterator[Lease]:
         for lease, _ in self.lease_entries():
             yield lease
@@ -602,6 +608,10 @@ def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
                 batch.delete(keys.reverse_key(key.network, address))
         elif isinstance(change, PutNetwork):
             batch.put(keys.network_key(change.network.name), keys.network_value(change.network))
+        elif isinstance(change, PutEntry):
+            batch.put(change.key, change.value)
+        elif isinstance(change, DeleteEntry):
+            batch.delete(change.key)
         elif isinstance(change, DeleteNetwork):
             batch.delete(keys.network_key(change.network.name))
             for index in range(len(change.network.subnets)):

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -52,7 +52,15 @@ from ipamd.core.requests import (
     ReclaimRequest,
     ReleaseRequest,
 )
-from ipamd.core.view import Change, DeleteLease, PendingLeases, PutLease, SetCursor
+from ipamd.core.view import (
+    Change,
+    DeleteEntry,
+    DeleteLease,
+    PendingLeases,
+    PutEntry,
+    PutLease,
+    SetCursor,
+)
 from ipamd.errors import IpamError, StorageError, Unavailable
 from ipamd.instruments import GROUP_SIZE_BUCKETS, LATENCY_BUCKETS_S, Histogram
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
@@ -112,9 +120,30 @@ def _network_snapshot(pool: NetworkPool) -> NetworkSnapshot:
 def _network_of(change: Change) -> str:
     if isinstance(change, PutLease | DeleteLease):
         return change.lease.key.network
-    if isinstance(change, SetCursor):
+    if isinstance(change, SetCursor | PutEntry | DeleteEntry):
         return change.network
     return change.network.name  # PutNetwork, DeleteNetwork
+
+
+class ExtensionMutation:
+    """A mutation the writer's extension decides (a cluster block claimed or
+    given up, ipamd/cluster/local.py): in order, in the same groups and syncs."""
+
+
+class WriterExtension(Protocol):
+    """What another module adds to the writer: its own mutations, and a say in
+    the pools built from disk or created. The one seam between the writer and
+    cluster mode (ipamd/cluster/local.py)."""
+
+    def rebuilt(self, allocator: Allocator, store: Store) -> None:
+        """The allocator was just loaded from `store` (start, or after a failed write)."""
+
+    def created(self, pool: NetworkPool) -> None:
+        """`pool` was just created by a network.create decision."""
+
+    def decide(
+        self, mutation: ExtensionMutation, allocator: Allocator, view: PendingLeases
+    ) -> tuple[Any, list[Change]]: ...
 
 
 # Called with (result, error) once a mutation is decided and its batch synced.
@@ -126,7 +155,9 @@ class _Waiter:
 
     __slots__ = ("mutation", "on_done", "writer")
 
-    def __init__(self, mutation: Mutation, on_done: OnDone, writer: Writer) -> None:
+    def __init__(
+        self, mutation: Mutation | ExtensionMutation, on_done: OnDone, writer: Writer
+    ) -> None:
         self.mutation = mutation
         self.on_done = on_done
         self.writer = writer
@@ -164,8 +195,10 @@ class Writer:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_queue: int = DEFAULT_MAX_QUEUE,
         clock: Callable[[], float] = time.time,
+        extension: WriterExtension | None = None,
     ) -> None:
         self.store = store
+        self.extension = extension
         self.allocator = allocator
         self.max_batch = max_batch
         self.clock = clock
@@ -211,7 +244,7 @@ class Writer:
 
     # -- the clients' side -------------------------------------------------------
 
-    async def submit(self, mutation: Mutation) -> Any:
+    async def submit(self, mutation: Mutation | ExtensionMutation) -> Any:
         """Decide and persist one mutation; its wire result once synced."""
         done = trio.Event()
         outcome: list[Any] = []
@@ -229,7 +262,7 @@ class Writer:
             raise error
         return result
 
-    def submit_nowait(self, mutation: Mutation, on_done: OnDone) -> None:
+    def submit_nowait(self, mutation: Mutation | ExtensionMutation, on_done: OnDone) -> None:
         """Queue one mutation; `on_done(result, error)` is called from the writer
         task once it is decided and synced (or refused at shutdown). `on_done`
         must neither block nor raise. Raises `Unavailable` at once when the
@@ -448,7 +481,10 @@ class Writer:
     def _open_and_load(self) -> Allocator:
         self.store.open()
         try:
-            return self.store.load()
+            allocator = self.store.load()
+            if self.extension is not None:
+                self.extension.rebuilt(allocator, self.store)
+            return allocator
         except BaseException:
             self.store.close()
             raise
@@ -456,7 +492,7 @@ class Writer:
     # -- decisions -----------------------------------------------------------------
 
     def _decide(
-        self, mutation: Mutation, view: PendingLeases, now: int
+        self, mutation: Mutation | ExtensionMutation, view: PendingLeases, now: int
     ) -> tuple[Any, list[Change]]:
         allocator = self.allocator
         if isinstance(mutation, AllocRequest):
@@ -487,10 +523,14 @@ class Writer:
             return {"released": wire}, changes
         if isinstance(mutation, CreateNetworkRequest):
             network, changes = allocator.create_network(mutation.network)
+            if changes and self.extension is not None:
+                self.extension.created(allocator.pools[network.name])
             return network.to_wire(), changes
         if isinstance(mutation, DeleteNetworkRequest):
             count, changes = allocator.delete_network(mutation.name, mutation.force, view)
             return {"name": mutation.name, "released": count}, changes
+        if isinstance(mutation, ExtensionMutation) and self.extension is not None:
+            return self.extension.decide(mutation, allocator, view)
         raise TypeError(f"not a mutation: {mutation!r}")
 
     @staticmethod

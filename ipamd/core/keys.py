@@ -12,6 +12,9 @@ and no name is a prefix of another's keys.
                                                     "attributes"?: {str: str}}
     R <network> \\0 <4|6> <address>      -> msgpack [container_id, ifname]
     C <network> \\0 <subnet#>            -> packed address: the subnet's cursor
+    B <network> \\0 <block cidr>          -> msgpack {"subnet": int, "revision": int}:
+                                           a cluster block this host owns
+                                           (ipamd/cluster/local.py)
 
 Leases are keyed by container first, so `get` for a container is one prefix
 scan; reverse entries are keyed by IP version and address (4 or 16 big-endian
@@ -49,6 +52,7 @@ NETWORK = b"N"
 LEASE = b"L"
 REVERSE = b"R"
 CURSOR = b"C"
+BLOCK = b"B"
 SEP = b"\x00"
 
 

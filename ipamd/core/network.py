@@ -16,6 +16,7 @@ Rules (DESIGN.md sections 2 and 3, host-local's `Range.Canonicalize`):
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -35,8 +36,17 @@ MAX_SUBNETS = 16
 # Exclusions are kept as a list and applied at every index rebuild.
 MAX_EXCLUDES = 256
 
-SUBNET_KEYS = frozenset({"subnet", "gateway", "range_start", "range_end", "exclude"})
-NETWORK_KEYS = frozenset({"name", "driver", "subnets"})
+SUBNET_KEYS = frozenset(
+    {"subnet", "gateway", "range_start", "range_end", "exclude", "block_prefix"}
+)
+NETWORK_KEYS = frozenset({"name", "driver", "subnets", "scope"})
+# A cluster network's definition lives in etcd and its subnets are cut into
+# blocks that hosts claim (ipamd/cluster/); a local one is this host's alone.
+SCOPES = ("local", "cluster")
+# Blocks of 64 addresses unless the network says otherwise (Calico's default).
+DEFAULT_BLOCK_PREFIX = {4: 26, 6: 122}
+# A block is claimed and filled address by address: at most 2**16 of them.
+MAX_BLOCK_BITS = 16
 
 
 def parse_address(value: Any, what: str) -> IPAddress:
@@ -121,6 +131,8 @@ class Subnet:
     range_end: IPAddress | None = None
     # Normalised exclusion ranges as (first, last) addresses, in the given order.
     exclude: tuple[tuple[IPAddress, IPAddress], ...] = field(default=())
+    # Cluster networks only: the prefix length of the blocks hosts claim.
+    block_prefix: int | None = None
 
     # Derived once (every allocation asks for them; `ipaddress` is slow):
     # the network address as an int, the host bounds and the lease range as
@@ -255,6 +267,8 @@ class Subnet:
             out["range_end"] = str(self.range_end)
         if self.exclude:
             out["exclude"] = [str(a) if a == b else f"{a}-{b}" for a, b in self.exclude]
+        if self.block_prefix is not None:
+            out["block_prefix"] = self.block_prefix
         return out
 
     @classmethod
@@ -290,7 +304,14 @@ class Subnet:
         range_end = inside("range_end")
         if range_start is not None and range_end is not None and int(range_start) > int(range_end):
             raise InvalidRequest(f"range_start {range_start} is after range_end {range_end}")
-        subnet = cls(cidr, gateway, range_start, range_end, _parse_excludes(raw, cidr))
+        subnet = cls(
+            cidr,
+            gateway,
+            range_start,
+            range_end,
+            _parse_excludes(raw, cidr),
+            _parse_block_prefix(raw.get("block_prefix"), cidr),
+        )
         first, last = subnet.lease_range
         if first > last:
             raise InvalidRequest(
@@ -314,6 +335,21 @@ def _refuse_host_bits(text: str, cidr: IPNetwork, what: str) -> None:
             f"{what} {text!r} has host bits set: for a prefix length of {cidr.prefixlen}"
             f" its network address is {cidr.network_address}, so write {cidr}"
         )
+
+
+def _parse_block_prefix(value: Any, cidr: IPNetwork) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"block_prefix must be a prefix length, got {value!r}")
+    narrowest = cidr.max_prefixlen
+    widest = max(cidr.prefixlen, cidr.max_prefixlen - MAX_BLOCK_BITS)
+    if not widest <= value <= narrowest:
+        raise InvalidRequest(
+            f"block_prefix {value} does not fit subnet {cidr}: want {widest}..{narrowest}"
+            f" (a block lies inside the subnet and holds at most 2**{MAX_BLOCK_BITS} addresses)"
+        )
+    return value
 
 
 def _parse_excludes(
@@ -355,6 +391,11 @@ class Network:
     name: str
     subnets: tuple[Subnet, ...]
     driver: str = DEFAULT_DRIVER
+    scope: str = "local"
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.scope == "cluster"
 
     @property
     def allocates(self) -> bool:
@@ -369,11 +410,14 @@ class Network:
         return None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "driver": self.driver,
             "subnets": [subnet.to_wire() for subnet in self.subnets],
         }
+        if self.is_cluster:  # (local networks read as they always did)
+            out["scope"] = self.scope
+        return out
 
     @classmethod
     def from_wire(cls, raw: Any) -> Network:
@@ -400,4 +444,24 @@ class Network:
             for b in subnets[:i]:
                 if a.cidr.version == b.cidr.version and a.cidr.overlaps(b.cidr):  # type: ignore[arg-type,unused-ignore]
                     raise InvalidRequest(f"subnets {b.cidr} and {a.cidr} of network {name} overlap")
-        return cls(name, subnets, driver)
+        scope = raw.get("scope", "local")
+        if scope not in SCOPES:
+            raise InvalidRequest(f"scope {scope!r} of network {name} is not one of {SCOPES}")
+        if scope == "cluster":
+            subnets = tuple(_with_block_prefix(s) for s in subnets)
+        else:
+            for s in subnets:
+                if s.block_prefix is not None:
+                    raise InvalidRequest(
+                        f"block_prefix of subnet {s.cidr}: only cluster networks have blocks"
+                    )
+        return cls(name, subnets, driver, scope)
+
+
+def _with_block_prefix(subnet: Subnet) -> Subnet:
+    """The subnet with its block prefix set: the default if none was given (a
+    block never wider than the subnet), so that an identical create compares equal."""
+    if subnet.block_prefix is not None:
+        return subnet
+    prefix = max(DEFAULT_BLOCK_PREFIX[subnet.cidr.version], subnet.cidr.prefixlen)
+    return dataclasses.replace(subnet, block_prefix=prefix)

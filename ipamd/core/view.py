@@ -66,7 +66,21 @@ class SetCursor(NamedTuple):
     previous: int | None
 
 
-Change = PutNetwork | DeleteNetwork | PutLease | DeleteLease | SetCursor
+class PutEntry(NamedTuple):
+    """A key and value of another module's kind (e.g. a cluster block this host
+    owns, ipamd/cluster/local.py), persisted in the same batch as the leases."""
+
+    network: str  # the network it concerns: its snapshot is taken again
+    key: bytes
+    value: bytes
+
+
+class DeleteEntry(NamedTuple):
+    network: str
+    key: bytes
+
+
+Change = PutNetwork | DeleteNetwork | PutLease | DeleteLease | SetCursor | PutEntry | DeleteEntry
 
 
 class MemoryLeases:

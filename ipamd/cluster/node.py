@@ -1,0 +1,710 @@
+"""This host as a member of the cluster: claims, catch-up, liveness, returns.
+
+The service hands it the requests that touch cluster networks; allocation
+itself stays in the writer (through `LocalBlocks`, local.py). etcd is only
+asked when a block must change hands:
+
+- alloc: submitted to the writer at once. Only when it fails for want of an
+  owned block (range_exhausted in a cluster subnet with no free owned
+  address), or names a static address in a block this host does not own, or a
+  network this host has not seen yet, does a task claim (or look up) what it
+  needs and submit it again. That task waits; the writer and every other
+  network's mutations go on meanwhile.
+- claims ahead of need: after each alloc, a subnet with less than half a block
+  free in its owned blocks gets one more claimed in the background.
+- a claim is one create-if-absent transaction on the block's key; the answer's
+  revision (the key's create revision) is the fencing token. Concurrent needs
+  of one subnet share one claim.
+- catch-up (at start, then every sync_interval, and before cluster.status):
+  networks defined elsewhere are created here; blocks etcd says this host owns
+  are adopted; blocks this host thought it owned and another host now owns are
+  dropped at once and reported loudly; this host's summary is published.
+- liveness: a key under an etcd lease, kept alive at a third of its TTL. Blocks
+  are never tied to it: a host cut off from etcd keeps allocating from its
+  blocks and fails only what needs a new one (`unavailable`, since when).
+- empty blocks go back to etcd after return_empty_after (one per subnet kept):
+  dropped locally first (the writer checks it is empty), then deleted in etcd
+  compared on the fencing token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from ipamd.cluster import keys as ekeys
+from ipamd.cluster.blocks import BlockSpace
+from ipamd.cluster.etcd import EtcdError, EtcdSession, EtcdUnreachable, EtcdWorker, KeyValue
+from ipamd.cluster.local import ClaimBlock, DropBlock, LocalBlocks, OwnedBlock
+from ipamd.config import ClusterConfig
+from ipamd.core.lease import LeaseKey
+from ipamd.core.network import IPAddress, IPNetwork, Network
+from ipamd.core.requests import AllocRequest, CreateNetworkRequest
+from ipamd.errors import (
+    AddressInUse,
+    InvalidRequest,
+    IpamError,
+    NetworkExists,
+    NetworkNotFound,
+    RangeExhausted,
+    Unavailable,
+)
+from ipamd.writer import OnDone, Writer
+
+log = logging.getLogger("ipamd.cluster")
+
+# An alloc goes round (claim, submit) at most this often: each round either
+# gets a block or fails; more rounds only happen when other requests keep
+# taking the new block's addresses first.
+MAX_ALLOC_ROUNDS = 16
+# Blocks tried by one claim before it reports the subnet exhausted.
+MAX_CLAIM_TRIES = 64
+
+
+def _iso(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+class ClusterNode:
+    def __init__(self, config: ClusterConfig, writer: Writer, local: LocalBlocks) -> None:
+        self.config = config
+        self.host = config.host
+        self.writer = writer
+        self.local = local
+        self.layout = ekeys.Layout(config.prefix)
+        self.etcd = EtcdWorker(
+            EtcdSession(config.endpoints, ca=config.ca, cert=config.cert, key=config.key)
+        )
+        self.caught_up = False  # the first catch-up with etcd is done
+        self.alive_lease: int | None = None
+        self.alive_until = 0.0  # monotonic: our liveness key surely exists until then
+        self.claims = 0  # blocks claimed
+        self._nursery: trio.Nursery | None = None
+        self._claiming: dict[tuple[str, int], trio.Event] = {}
+        # Blocks known taken (by anyone), per (network, subnet): from scans and failed claims.
+        self._taken: dict[tuple[str, int], set[int]] = {}
+        self._exhausted: dict[tuple[str, int], float] = {}  # monotonic time a claim found none
+        self._empty_since: dict[tuple[str, IPNetwork], float] = {}
+        self._published: bytes | None = None
+        self._summaries: dict[str, dict[str, Any]] = {}  # host -> summary, from the last sync
+        self._sync_lock = trio.Lock()
+        self._wake_sync = trio.Event()
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Started at once: READY never waits for etcd."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._liveness_loop)
+                nursery.start_soon(self._sync_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            self.etcd.close()
+
+    def spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run `fn(*args)` in the node's nursery; a bug in it is logged, never fatal."""
+        if self._nursery is None:
+            raise Unavailable("ipamd is shutting down")
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("cluster task %s failed", getattr(fn, "__name__", fn))
+
+        self._nursery.start_soon(guarded)
+
+    async def _liveness_loop(self) -> None:
+        ttl = self.config.lease_ttl
+        value = ekeys.encode({"host": self.host, "pid": os.getpid(), "since": _iso(time.time())})
+        while True:
+            try:
+                if self.alive_lease is None:
+                    lease = await self.etcd.call(self.etcd.session.grant, ttl)
+                    await self.etcd.call(
+                        self.etcd.session.put, self.layout.host(self.host), value, lease
+                    )
+                    self.alive_lease = lease
+                    self.alive_until = time.monotonic() + ttl
+                    log.info("cluster: host %s is alive in etcd (lease %x)", self.host, lease)
+                else:
+                    asked = time.monotonic()
+                    left = await self.etcd.call(self.etcd.session.keepalive, self.alive_lease)
+                    if left <= 0:
+                        # Our liveness key is gone: to etcd we were dead, and an
+                        # operator may have released our blocks. Check them now.
+                        log.warning(
+                            "cluster: the liveness lease of host %s expired; re-checking its"
+                            " blocks",
+                            self.host,
+                        )
+                        self.alive_lease = None
+                        self._wake_sync.set()
+                        continue
+                    self.alive_until = asked + left
+            except EtcdUnreachable:
+                pass  # etcd.unreachable_since says since when; blocks stay ours
+            except EtcdError as e:
+                log.warning("cluster: liveness: %s", e)
+                self.alive_lease = None
+            await trio.sleep(ttl / 3)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                await self.sync()
+            except (EtcdUnreachable, EtcdError) as e:
+                log.debug("cluster: sync: %s", e)
+            except IpamError as e:
+                log.warning("cluster: sync: %s", e)
+            with trio.move_on_after(self.config.sync_interval):
+                await self._wake_sync.wait()
+            self._wake_sync = trio.Event()
+
+    # -- allocations ----------------------------------------------------------------------
+
+    def start_alloc(self, request: AllocRequest, done: OnDone) -> None:
+        """Queue an alloc touching cluster networks (or unknown ones); `done` as the writer's."""
+        if self._needs_lookup(request):
+            self.spawn(self._alloc_round, request, done, 0)
+        else:
+            self.writer.submit_nowait(request, partial(self._alloc_answered, request, done, 0))
+
+    def _needs_lookup(self, request: AllocRequest) -> bool:
+        """Whether etcd must be asked first: a static address outside owned blocks."""
+        committed = self.writer.committed
+        for name, attachment in request.networks.items():
+            snap = committed.get(name)
+            if snap is None or not snap.network.is_cluster or not attachment.static_ips:
+                continue
+            for address in attachment.static_ips:
+                block = self._block_of(snap.network, address)
+                if block is not None and self.local.owns(name, block[1]) is None:
+                    return True
+        return False
+
+    def _alloc_answered(
+        self,
+        request: AllocRequest,
+        done: OnDone,
+        rounds: int,
+        result: Any,
+        error: IpamError | None,
+    ) -> None:
+        if (
+            isinstance(error, RangeExhausted | NetworkNotFound)
+            and rounds < MAX_ALLOC_ROUNDS
+            and self._nursery is not None
+        ):
+            self.spawn(self._alloc_round, request, done, rounds + 1)
+            return
+        if error is None:
+            self._claim_ahead(request)
+        done(result, error)
+
+    async def _alloc_round(self, request: AllocRequest, done: OnDone, rounds: int) -> None:
+        """Get what the request needs from etcd, then submit it again."""
+        try:
+            needed = False
+            for name, attachment in request.networks.items():
+                needed |= await self._prepare(request.container_id, name, attachment)
+        except IpamError as e:
+            done(None, e)
+            return
+        final = rounds if needed else MAX_ALLOC_ROUNDS  # nothing more to get: answer as it is
+        try:
+            self.writer.submit_nowait(request, partial(self._alloc_answered, request, done, final))
+        except IpamError as e:
+            done(None, e)
+
+    async def _prepare(self, container_id: str, name: str, attachment: Any) -> bool:
+        """Claim (or look up) what allocating on `name` needs; whether anything was."""
+        snap = self.writer.committed.get(name)
+        if snap is None:
+            await self._fetch_network(name)
+            return True
+        network = snap.network
+        if not network.is_cluster or not network.allocates:
+            return False
+        if self.writer.store.lease(LeaseKey(name, container_id, attachment.ifname)) is not None:
+            return False  # an idempotent retry: nothing new is handed out
+        static_subnets: set[int] = set()
+        needed = False
+        for address in attachment.static_ips:
+            found = self._block_of(network, address)
+            if found is None:
+                continue  # outside every subnet: the allocator says why
+            index, block = found
+            static_subnets.add(index)
+            if self.local.owns(name, block) is None:
+                await self._claim_static(network, index, block, address)
+                needed = True
+        for index, stats in enumerate(snap.subnets):
+            if index not in static_subnets and stats.free == 0:
+                await self._claim_dynamic(network, index)
+                needed = True
+        return needed
+
+    def _block_of(self, network: Network, address: IPAddress) -> tuple[int, IPNetwork] | None:
+        index = network.subnet_of(address)
+        if index is None:
+            return None
+        space = BlockSpace(network.subnets[index])
+        return index, space.cidr(space.index_of(address))
+
+    def _claim_ahead(self, request: AllocRequest) -> None:
+        committed = self.writer.committed
+        now = time.monotonic()
+        for name in request.networks:
+            snap = committed.get(name)
+            if snap is None or not snap.network.is_cluster:
+                continue
+            for index, stats in enumerate(snap.subnets):
+                key = (name, index)
+                space = BlockSpace(snap.network.subnets[index])
+                if (
+                    stats.free < space.block_size // 2
+                    and key not in self._claiming
+                    and now - self._exhausted.get(key, -1e9) > self.config.sync_interval
+                    and self.etcd.reachable is not False
+                ):
+                    self.spawn(self._claim_quietly, snap.network, index)
+
+    async def _claim_quietly(self, network: Network, index: int) -> None:
+        try:
+            await self._claim_dynamic(network, index)
+        except IpamError as e:
+            log.debug("cluster: claiming ahead in %s: %s", network.name, e)
+
+    # -- claims ----------------------------------------------------------------------------
+
+    async def _claim_dynamic(self, network: Network, index: int) -> None:
+        """Own one more block with room for dynamic allocation in subnet `index`.
+        Raises RangeExhausted when etcd has none left, Unavailable when etcd is
+        unreachable."""
+        key = (network.name, index)
+        running = self._claiming.get(key)
+        if running is not None:
+            await running.wait()  # its block serves us too (or we try again)
+            return
+        self._claiming[key] = event = trio.Event()
+        try:
+            await self._claim_one(network, index)
+        finally:
+            del self._claiming[key]
+            event.set()
+
+    async def _claim_one(self, network: Network, index: int) -> None:
+        subnet = network.subnets[index]
+        space = BlockSpace(subnet)
+        key = (network.name, index)
+        taken = self._taken.setdefault(key, set())
+        rescanned = False
+        for _ in range(MAX_CLAIM_TRIES):
+            candidate = next(space.candidates(self.host, network.name, taken), None)
+            if candidate is None:
+                if rescanned:
+                    break
+                await self._rescan(network)  # blocks may have been returned since
+                taken = self._taken.setdefault(key, set())
+                rescanned = True
+                continue
+            block = space.cidr(candidate)
+            created, kv = await self._create_block(network, index, block)
+            taken.add(candidate)
+            if not created and (kv is None or ekeys.owner_of(kv.value) != self.host):
+                continue  # another host's: try the next
+            assert kv is not None
+            if not created and self.local.owns(network.name, block) is not None:
+                continue  # ours and held already: no new room there
+            # New, or ours in etcd but not held here yet (a claim answered
+            # just before a crash): hold it.
+            await self.writer.submit(ClaimBlock(network.name, index, block, kv.create_revision))
+            self.claims += int(created)
+            self._exhausted.pop(key, None)
+            return
+        self._exhausted[key] = time.monotonic()
+        raise RangeExhausted(f"failed to find free IP in range: {subnet.range_text}")
+
+    async def _claim_static(
+        self, network: Network, index: int, block: IPNetwork, address: IPAddress
+    ) -> None:
+        created, kv = await self._create_block(network, index, block)
+        assert kv is not None
+        owner = self.host if created else ekeys.owner_of(kv.value)
+        if owner != self.host:
+            raise AddressInUse(
+                f"requested ip address {address} is in block {block}, owned by host {owner}"
+            )
+        await self.writer.submit(ClaimBlock(network.name, index, block, kv.create_revision))
+        self.claims += int(created)
+
+    async def _create_block(
+        self, network: Network, index: int, block: IPNetwork
+    ) -> tuple[bool, KeyValue | None]:
+        value = ekeys.block_value(self.host, network.subnets[index].cidr)
+        try:
+            return await self.etcd.call(
+                self.etcd.session.create, self.layout.block(network.name, block), value
+            )
+        except EtcdUnreachable:
+            raise Unavailable(
+                f"{self.etcd.unreachable_text()}: cannot claim block {block} of network"
+                f" {network.name}"
+            ) from None
+        except EtcdError as e:
+            raise Unavailable(f"etcd refused the claim of block {block}: {e}") from None
+
+    # -- networks ----------------------------------------------------------------------------
+
+    async def create_network(self, network: Network) -> Any:
+        """network.create of a cluster network: defined in etcd first (the same
+        definition again: success; another: network_exists), then here."""
+        key = self.layout.network(network.name)
+        wire = network.to_wire()
+        try:
+            created, kv = await self.etcd.call(self.etcd.session.create, key, ekeys.encode(wire))
+        except EtcdUnreachable:
+            raise Unavailable(
+                f"{self.etcd.unreachable_text()}: cannot define cluster network {network.name}"
+            ) from None
+        if not created:
+            assert kv is not None
+            existing = _network_from_etcd(kv.value)
+            if existing != network:
+                raise NetworkExists(
+                    f"network {network.name} already exists in the cluster with a different"
+                    " definition"
+                )
+        return await self.writer.submit(CreateNetworkRequest(network))
+
+    async def _fetch_network(self, name: str) -> None:
+        """Create here a cluster network defined elsewhere; NetworkNotFound if none is."""
+        try:
+            kv = await self.etcd.call(self.etcd.session.get, self.layout.network(name))
+        except EtcdUnreachable:
+            raise NetworkNotFound(
+                f"could not find network {name!r} (and {self.etcd.unreachable_text()})"
+            ) from None
+        network = _network_from_etcd(kv.value) if kv is not None else None
+        if network is None:
+            raise NetworkNotFound(f"could not find network {name!r}")
+        await self._adopt_network(network)
+
+    async def _adopt_network(self, network: Network) -> None:
+        try:
+            await self.writer.submit(CreateNetworkRequest(network))
+        except NetworkExists:
+            log.error(
+                "cluster: network %s is defined in etcd differently from the local network of"
+                " that name; this host will not use the cluster's",
+                network.name,
+            )
+
+    async def sync_networks(self) -> None:
+        kvs = await self.etcd.call(self.etcd.session.get_prefix, self.layout.networks)
+        for kv in kvs:
+            network = _network_from_etcd(kv.value)
+            if network is not None and network.name not in self.writer.committed:
+                await self._adopt_network(network)
+
+    # -- catch-up --------------------------------------------------------------------------
+
+    async def sync(self) -> list[KeyValue]:
+        """One catch-up pass with etcd (see the module's docstring); the block keys read."""
+        async with self._sync_lock:
+            await self.sync_networks()
+            blocks = await self._rescan(None)
+            await self._reconcile(blocks)
+            await self._publish()
+            await self._return_empty()
+            if not self.caught_up:
+                self.caught_up = True
+                log.info("cluster: caught up with etcd as host %s", self.host)
+            return blocks
+
+    async def _rescan(self, network: Network | None) -> list[KeyValue]:
+        prefix = self.layout.blocks if network is None else self.layout.blocks_of(network.name)
+        kvs = await self.etcd.call(self.etcd.session.get_prefix, prefix)
+        taken: dict[tuple[str, int], set[int]] = {}
+        committed = self.writer.committed
+        for kv in kvs:
+            parsed = self.layout.parse_block(kv.key)
+            if parsed is None or parsed[0] not in committed:
+                continue
+            name, block = parsed
+            snap = committed[name]
+            index = snap.network.subnet_of(block.network_address)
+            if index is None:
+                continue
+            position = BlockSpace(snap.network.subnets[index]).index_of_cidr(block)
+            if position is not None:
+                taken.setdefault((name, index), set()).add(position)
+        if network is None:
+            self._taken = taken
+        else:
+            for key in [k for k in self._taken if k[0] == network.name]:
+                del self._taken[key]
+            self._taken.update(taken)
+        return kvs
+
+    async def _reconcile(self, kvs: list[KeyValue]) -> None:
+        """Make the owned blocks agree with etcd's owners."""
+        in_etcd: dict[tuple[str, IPNetwork], KeyValue] = {}
+        for kv in kvs:
+            parsed = self.layout.parse_block(kv.key)
+            if parsed is not None:
+                in_etcd[parsed] = kv
+        committed = self.writer.committed
+        # Blocks etcd gives us that we do not hold yet (a claim answered just
+        # before a crash, or a network first seen now).
+        for (name, block), kv in in_etcd.items():
+            snap = committed.get(name)
+            if snap is None or not snap.network.is_cluster:
+                continue
+            if ekeys.owner_of(kv.value) != self.host:
+                continue
+            owned = self.local.owns(name, block)
+            if owned is None or owned.revision != kv.create_revision:
+                index = snap.network.subnet_of(block.network_address)
+                if index is not None:
+                    await self.writer.submit(ClaimBlock(name, index, block, kv.create_revision))
+        # Blocks we hold that etcd gives to someone else, or to nobody.
+        for name in list(self.local.owned):
+            snap = committed.get(name)
+            for owned in self.local.blocks_of(name):
+                found: KeyValue | None = in_etcd.get((name, owned.block))
+                if found is not None and ekeys.owner_of(found.value) == self.host:
+                    continue
+                if found is None and snap is not None:
+                    # Released (by an operator, or reclaimed) and free again:
+                    # this host still holds it, so it claims it back.
+                    created, again = await self._create_block(
+                        snap.network, owned.subnet, owned.block
+                    )
+                    if again is not None and (created or ekeys.owner_of(again.value) == self.host):
+                        if created:  # (else: claimed just after our read of etcd)
+                            log.warning(
+                                "cluster: block %s of network %s was released in etcd while"
+                                " this host held it; claimed it back",
+                                owned.block,
+                                name,
+                            )
+                        await self.writer.submit(
+                            ClaimBlock(name, owned.subnet, owned.block, again.create_revision)
+                        )
+                        continue
+                    found = again
+                await self._lost(owned, found)
+
+    async def _lost(self, owned: OwnedBlock, holder: KeyValue | None) -> None:
+        other = ekeys.owner_of(holder.value) if holder is not None else "(nobody)"
+        result = await self.writer.submit(DropBlock(owned.network, owned.block, lost=True))
+        log.error(
+            "cluster: BLOCK LOST: block %s of network %s, which this host (%s) owned with"
+            " fencing token %d, is now owned by host %s; no address of it is handed out here"
+            " any more; %d lease(s) of this host lie in it and may be duplicated on %s:"
+            " move those containers",
+            owned.block,
+            owned.network,
+            self.host,
+            owned.revision,
+            other,
+            result.get("used", 0),
+            other,
+        )
+
+    def summary(self) -> dict[str, dict[str, list[int]]]:
+        out: dict[str, dict[str, list[int]]] = {}
+        for name in sorted(self.local.owned):
+            if name not in self.writer.committed:
+                continue
+            out[name] = {
+                str(owned.block): list(self.local.usage(owned))
+                for owned in self.local.blocks_of(name)
+            }
+        return out
+
+    async def _publish(self) -> None:
+        value = ekeys.encode({"host": self.host, "at": _iso(time.time()), "blocks": self.summary()})
+        # Only when it changed: one key write per sync at most, none when idle.
+        body = ekeys.encode(self.summary())
+        if body == self._published:
+            return
+        await self.etcd.call(self.etcd.session.put, self.layout.summary(self.host), value)
+        self._published = body
+
+    async def _return_empty(self) -> None:
+        now = time.monotonic()
+        for name in list(self.local.owned):
+            blocks = self.local.blocks_of(name)
+            per_subnet: dict[int, int] = {}
+            for owned in blocks:
+                per_subnet[owned.subnet] = per_subnet.get(owned.subnet, 0) + 1
+            for owned in blocks:
+                key = (name, owned.block)
+                used, _ = self.local.usage(owned)
+                if used:
+                    self._empty_since.pop(key, None)
+                    continue
+                since = self._empty_since.setdefault(key, now)
+                if now - since < self.config.return_empty_after or per_subnet[owned.subnet] < 2:
+                    continue
+                result = await self.writer.submit(DropBlock(name, owned.block, lost=False))
+                if not result.get("dropped"):
+                    continue
+                per_subnet[owned.subnet] -= 1
+                self._empty_since.pop(key, None)
+                await self.release_block(owned)
+
+    async def release_block(self, owned: OwnedBlock) -> bool:
+        """Delete the block's key in etcd, compared on our fencing token.
+        REQUIRES: already dropped locally."""
+        key = self.layout.block(owned.network, owned.block)
+        released = await self.etcd.call(self.etcd.session.delete_if_created, key, owned.revision)
+        if released:
+            log.info("cluster: returned empty block %s of network %s", owned.block, owned.network)
+        else:
+            log.error(
+                "cluster: block %s of network %s is no longer the one this host claimed"
+                " (fencing token %d): another host holds it now; not releasing it",
+                owned.block,
+                owned.network,
+                owned.revision,
+            )
+        return released
+
+    # -- the cluster.* methods ---------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        etcd: dict[str, Any] = {"endpoints": list(self.config.endpoints)}
+        hosts: dict[str, dict[str, Any]] = {}
+        try:
+            blocks = await self.sync()
+            alive = await self.etcd.call(self.etcd.session.get_prefix, self.layout.hosts)
+        except (EtcdUnreachable, EtcdError):
+            blocks, alive = [], []
+            hosts[self.host] = {"name": self.host, "alive": None, "blocks": self._owned_count()}
+        else:
+            for kv in alive:
+                name = kv.key.removeprefix(self.layout.hosts)
+                hosts[name] = {"name": name, "alive": True, "blocks": 0}
+            for kv in blocks:
+                owner = ekeys.owner_of(kv.value)
+                entry = hosts.setdefault(owner, {"name": owner, "alive": False, "blocks": 0})
+                entry["blocks"] += 1
+        etcd["reachable"] = bool(self.etcd.reachable)
+        if self.etcd.unreachable_since is not None:
+            etcd["unreachable_since"] = _iso(self.etcd.unreachable_since)
+            etcd["error"] = self.etcd.last_error
+        return {
+            "host": self.host,
+            "caught_up": self.caught_up,
+            "etcd": etcd,
+            "hosts": [hosts[name] for name in sorted(hosts)],
+        }
+
+    def _owned_count(self) -> int:
+        return sum(len(blocks) for blocks in self.local.owned.values())
+
+    async def blocks(self, name: str) -> dict[str, Any]:
+        snap = self.writer.committed.get(name)
+        if snap is None:
+            await self._fetch_network(name)
+            snap = self.writer.committed[name]
+        if not snap.network.is_cluster:
+            raise InvalidRequest(f"network {name} is not a cluster network")
+        try:
+            kvs = await self.etcd.call(self.etcd.session.get_prefix, self.layout.blocks_of(name))
+            summaries = await self.etcd.call(self.etcd.session.get_prefix, self.layout.summaries)
+        except EtcdUnreachable:
+            raise Unavailable(f"{self.etcd.unreachable_text()}: cannot list the blocks") from None
+        published: dict[tuple[str, str], list[int]] = {}
+        for kv in summaries:
+            value = ekeys.decode(kv.value)
+            if isinstance(value, dict) and isinstance(value.get("blocks"), dict):
+                for block, counts in value["blocks"].get(name, {}).items():
+                    published[(str(value.get("host")), block)] = counts
+        out: list[dict[str, Any]] = []
+        for kv in kvs:
+            parsed = self.layout.parse_block(kv.key)
+            if parsed is None:
+                continue
+            block = parsed[1]
+            owner = ekeys.owner_of(kv.value)
+            owned = self.local.owns(name, block) if owner == self.host else None
+            used: int | None = None
+            free: int | None = None
+            if owned is not None:
+                used, free = self.local.usage(owned)
+            else:
+                counts = published.get((owner, str(block)))
+                if counts:
+                    used, free = counts[0], counts[1]
+            index = snap.network.subnet_of(block.network_address)
+            out.append(
+                {
+                    "block": str(block),
+                    "subnet": str(snap.network.subnets[index].cidr) if index is not None else None,
+                    "host": owner,
+                    "used": used,
+                    "free": free,
+                    "revision": kv.create_revision,
+                }
+            )
+        out.sort(key=lambda b: (b["subnet"] or "", ipaddress_key(b["block"])))
+        return {"network": name, "blocks": out}
+
+    async def release_host(self, host: str) -> dict[str, Any]:
+        """Give every block of a dead host back to etcd. Each delete is one
+        transaction compared on the block's create revision and on the host's
+        liveness key being absent: a host that comes back meanwhile keeps them."""
+        if host == self.host:
+            raise InvalidRequest(f"host {host} is this host, and alive: release-host refused")
+        try:
+            alive = await self.etcd.call(self.etcd.session.get, self.layout.host(host))
+            if alive is not None:
+                raise InvalidRequest(
+                    f"host {host} is alive (its liveness key {self.layout.host(host)} exists):"
+                    " release-host refused; stop it first and wait out its lease"
+                )
+            kvs = await self.etcd.call(self.etcd.session.get_prefix, self.layout.blocks)
+            released: list[str] = []
+            for kv in kvs:
+                if ekeys.owner_of(kv.value) != host:
+                    continue
+                if await self.etcd.call(
+                    self.etcd.session.delete_if_created,
+                    kv.key,
+                    kv.create_revision,
+                    self.layout.host(host),
+                ):
+                    released.append(kv.key.removeprefix(self.layout.blocks))
+        except EtcdUnreachable:
+            reason = self.etcd.unreachable_text()
+            raise Unavailable(f"{reason}: cannot release host {host}") from None
+        log.warning("cluster: released %d block(s) of host %s", len(released), host)
+        return {"host": host, "released": released}
+
+
+def ipaddress_key(block: str) -> tuple[int, int]:
+    net = ipaddress.ip_network(block)
+    return net.version, int(net.network_address)
+
+
+def _network_from_etcd(raw: bytes) -> Network | None:
+    value = ekeys.decode(raw)
+    try:
+        return Network.from_wire(value)
+    except IpamError:
+        return None
