@@ -45,6 +45,7 @@ from typing import IO, Any, Final, NoReturn
 
 from ipamd import __version__, exits
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, render
+from ipamd.client.cluster_cli import add_cluster_commands
 from ipamd.errors import ERRORS_BY_CODE, IpamError, NetworkInUse
 
 PROG: Final = "ipamd-client"
@@ -204,6 +205,14 @@ class _Exclude(_Refine):
         return None
 
 
+class _BlockPrefix(_Refine):
+    def apply(self, item: dict[str, Any], value: str) -> str | None:
+        if not value.isdigit():
+            return "want a prefix length, e.g. 26"
+        item["block_prefix"] = int(value)
+        return None
+
+
 class _NetworkOption(_Refine):
     target = "networks"
     starter = "--network"
@@ -355,7 +364,19 @@ ipamd-client network create --file podman.toml    # or .json: {"name", "subnets"
         metavar="ADDR|CIDR|A-B",
         help="never leased; repeatable",
     )
+    create.add_argument(
+        "--block-prefix",
+        action=_BlockPrefix,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="cluster networks: the prefix length of the subnet's blocks (default 26 / 122)",
+    )
     create.add_argument("--driver", help="network driver (default host-local)")
+    create.add_argument(
+        "--scope",
+        choices=("local", "cluster"),
+        help="local (this host, the default) or cluster (defined in etcd, shared by hosts)",
+    )
     create.add_argument(
         "--file", type=Path, metavar="FILE", help="the network as JSON or TOML (network.create)"
     )
@@ -385,6 +406,8 @@ ipamd-client network create --file podman.toml    # or .json: {"name", "subnets"
     )
     rm.add_argument("name", metavar="NAME")
     rm.add_argument("--force", action="store_true", help="release its leases first")
+
+    add_cluster_commands(commands, _subcommand)
 
     alloc = _subcommand(
         commands,
@@ -575,17 +598,19 @@ def cmd_network_create(client: Client, args: argparse.Namespace, out: Output) ->
             raise _usage(f"{args.file} defines network {name!r}, not {args.name!r}")
         if not isinstance(name, str):
             raise _usage(f"{args.file} names no network: give NAME")
-        unknown = set(definition) - {"name", "subnets", "driver"}
+        unknown = set(definition) - {"name", "subnets", "driver", "scope"}
         if unknown:
             raise CliError(
                 EXIT_DATAERR, "file", f"{args.file}: unknown key(s) {', '.join(sorted(unknown))}"
             )
         subnets, driver = definition.get("subnets", []), definition.get("driver")
+        scope = definition.get("scope", args.scope)
     else:
         if args.name is None:
             raise _usage("network create needs NAME (or --file)")
         name, subnets, driver = args.name, args.subnets or [], args.driver
-    result = client.network_create(name, subnets, driver)
+        scope = args.scope
+    result = client.network_create(name, subnets, driver, scope=scope)
     out.result(result, lambda: [render.network_summary(result)])
 
 

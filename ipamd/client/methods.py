@@ -36,11 +36,16 @@ def metrics() -> Call:
 
 
 def network_create(
-    name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
+    name: str,
+    subnets: Sequence[Mapping[str, Any]],
+    driver: str | None = None,
+    scope: str | None = None,
 ) -> Call:
     params: dict[str, Any] = {"name": name, "subnets": [dict(s) for s in subnets]}
     if driver is not None:
         params["driver"] = driver
+    if scope is not None:
+        params["scope"] = scope
     return "network.create", params
 
 

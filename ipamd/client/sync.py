@@ -185,9 +185,14 @@ class Client:
         return methods.metrics_text(self.socket_path, self._map(methods.metrics()))
 
     def network_create(
-        self, name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
+        self,
+        name: str,
+        subnets: Sequence[Mapping[str, Any]],
+        driver: str | None = None,
+        *,
+        scope: str | None = None,
     ) -> dict[str, Any]:
-        return self._map(methods.network_create(name, subnets, driver))
+        return self._map(methods.network_create(name, subnets, driver, scope))
 
     def network_get(self, name: str) -> dict[str, Any]:
         return self._map(methods.network_get(name))

@@ -193,9 +193,14 @@ class TrioClient:
         return methods.metrics_text(self.socket_path, await self._map(methods.metrics()))
 
     async def network_create(
-        self, name: str, subnets: Sequence[Mapping[str, Any]], driver: str | None = None
+        self,
+        name: str,
+        subnets: Sequence[Mapping[str, Any]],
+        driver: str | None = None,
+        *,
+        scope: str | None = None,
     ) -> dict[str, Any]:
-        return await self._map(methods.network_create(name, subnets, driver))
+        return await self._map(methods.network_create(name, subnets, driver, scope))
 
     async def network_get(self, name: str) -> dict[str, Any]:
         return await self._map(methods.network_get(name))

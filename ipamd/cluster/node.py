@@ -230,16 +230,19 @@ class ClusterNode:
     async def _prepare(self, container_id: str, name: str, attachment: Any) -> bool:
         """Claim (or look up) what allocating on `name` needs; whether anything was."""
         snap = self.writer.committed.get(name)
+        fetched = snap is None
         if snap is None:
             await self._fetch_network(name)
-            return True
+            snap = self.writer.committed.get(name)
+            if snap is None:  # created and deleted again meanwhile: let the writer say so
+                return True
         network = snap.network
         if not network.is_cluster or not network.allocates:
-            return False
+            return fetched
         if self.writer.store.lease(LeaseKey(name, container_id, attachment.ifname)) is not None:
-            return False  # an idempotent retry: nothing new is handed out
+            return fetched  # an idempotent retry: nothing new is handed out
         static_subnets: set[int] = set()
-        needed = False
+        needed = fetched
         for address in attachment.static_ips:
             found = self._block_of(network, address)
             if found is None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -281,3 +284,41 @@ def test_empty_blocks_go_back_to_etcd_keeping_one_per_subnet(
     left = h1.call("cluster.blocks", {"network": "ret"})["blocks"]
     assert len(left) == 1 and left[0]["host"] == "h1"
     assert "returned empty block" in h1.daemon.log()
+
+
+def ipamd_client(host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ipamd.cli", "--socket", str(host.daemon.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ipamd_client_cluster_commands(hosts: HostsFactory) -> None:
+    h1, h2 = hosts(["h1", "h2"])
+    created = ipamd_client(
+        h1,
+        "network",
+        "create",
+        "cli",
+        "--scope",
+        "cluster",
+        "--subnet",
+        "10.27.0.0/24",
+        "--block-prefix",
+        "28",
+    )
+    assert created.returncode == 0, created.stderr
+    h2.call("alloc", {"container_id": "c", "networks": {"cli": {}}})
+    status = ipamd_client(h1, "cluster", "status")
+    assert status.returncode == 0, status.stderr
+    assert "host h1: etcd reachable" in status.stdout
+    rows = [line.split() for line in status.stdout.splitlines()[1:]]
+    assert ["h1", "alive", "0"] in rows and ["h2", "alive", "1"] in rows
+    blocks = ipamd_client(h1, "--json", "cluster", "blocks", "cli")
+    assert blocks.returncode == 0, blocks.stderr
+    (block,) = json.loads(blocks.stdout)["blocks"]
+    assert block["host"] == "h2" and ipaddress.ip_network(block["block"]).prefixlen == 28
+    refused = ipamd_client(h1, "cluster", "release-host", "h2")
+    assert refused.returncode != 0 and "alive" in refused.stderr
