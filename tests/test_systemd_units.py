@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from ipamd.config import CLUSTER_KEYS
+
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SERVICE = SYSTEMD_DIR / "ipamd.service"
 SOCKET = SYSTEMD_DIR / "ipamd.socket"
@@ -165,7 +167,10 @@ def test_example_config_shows_every_key() -> None:
         "metrics",
         "leases",
         "networks",
+        "cluster",
     }
+    assert set(config["cluster"]) == CLUSTER_KEYS
+    assert config["cluster"]["prefix"] == "/ipamd"
     assert config["metrics"] == {"listen": "127.0.0.1:9388"}
     assert set(config["auth"]) == {"allow_uids", "allow_gids"}
     assert config["leases"] == {

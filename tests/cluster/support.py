@@ -193,22 +193,24 @@ class WatchDelete:
             [ETCDCTL, "--endpoints", ",".join(cluster.endpoints), "watch", *options, key],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            text=True,
             env={**os.environ, "ETCDCTL_API": "3"},
         )
 
     def wait(self, count: int = 1, timeout: float = 30.0) -> None:
+        # Read the pipe's bytes ourselves: a buffered reader would hold lines
+        # that `select` no longer sees.
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        text = b""
         with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            seen = 0
-            while seen < count:
+            selector.register(fd, selectors.EVENT_READ)
+            while text.split(b"\n").count(b"DELETE") < count:
                 if not selector.select(timeout):
-                    raise TimeoutError("the key was not deleted in time")
-                line = self.proc.stdout.readline()
-                if not line:
+                    raise TimeoutError(f"{count} delete(s) not seen in time: {text!r}")
+                data = os.read(fd, 65536)
+                if not data:
                     raise RuntimeError("etcdctl watch ended")
-                seen += line.strip() == "DELETE"
+                text += data
         self.close()
 
     def close(self) -> None:
