@@ -35,6 +35,7 @@ GROUP=ipamd
 # no unit file without it.
 MARKER="# Installed by ipamd's systemd/install.sh"
 LINKS="ipamd ipamd-client"
+UNITS="ipamd.socket ipamd.service ipamd-metrics.socket"
 
 src=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -59,10 +60,26 @@ install_python() {
         --no-install-recommends python3 python3-venv >/dev/null
 }
 
-install_program() {
+# Every refusal before any change: a refused install leaves nothing behind.
+preflight() {
     if [ -e "$PREFIX" ] && ! ours_venv; then
         die "$PREFIX exists and is not ipamd's venv: move it away first"
     fi
+    for name in $LINKS; do
+        link=$BIN_DIR/$name
+        if { [ -e "$link" ] || [ -L "$link" ]; } && ! ours_link "$link"; then
+            die "$link exists and is not ipamd's link: move it away first"
+        fi
+    done
+    for unit in $UNITS; do
+        if [ -e "$UNIT_DIR/$unit" ] && ! ours_unit "$UNIT_DIR/$unit"; then
+            die "$UNIT_DIR/$unit exists and was not installed by this script: move it away first"
+        fi
+        ours_unit "$src/systemd/$unit" || die "$src/systemd/$unit lacks the line: $MARKER"
+    done
+}
+
+install_program() {
     if ! ours_venv; then
         say "creating the venv $PREFIX"
         python3 -m venv "$PREFIX"
@@ -80,11 +97,7 @@ install_program() {
     rm -rf "$build"
     trap - EXIT
     for name in $LINKS; do
-        link=$BIN_DIR/$name
-        if [ -e "$link" ] || [ -L "$link" ]; then
-            ours_link "$link" || die "$link exists and is not ipamd's link: move it away first"
-        fi
-        ln -sfn "$PREFIX/bin/$name" "$link"
+        ln -sfn "$PREFIX/bin/$name" "$BIN_DIR/$name"
     done
 }
 
@@ -96,13 +109,8 @@ install_units() {
         install -m 0644 "$src/systemd/ipamd.conf" "$CONF_DIR/ipamd.conf"
     fi
     # ipamd-metrics.socket is installed but not enabled: metrics over HTTP are opt-in.
-    for unit in ipamd.socket ipamd.service ipamd-metrics.socket; do
-        target=$UNIT_DIR/$unit
-        if [ -e "$target" ] && ! ours_unit "$target"; then
-            die "$target exists and was not installed by this script: move it away first"
-        fi
-        ours_unit "$src/systemd/$unit" || die "$src/systemd/$unit lacks the line: $MARKER"
-        install -m 0644 "$src/systemd/$unit" "$target"
+    for unit in $UNITS; do
+        install -m 0644 "$src/systemd/$unit" "$UNIT_DIR/$unit"
     done
     systemctl daemon-reload
     systemctl enable --quiet --now ipamd.socket
@@ -140,6 +148,7 @@ uninstall() {
 
 case "${1:-}" in
 "")
+    preflight
     install_python
     install_program
     install_units

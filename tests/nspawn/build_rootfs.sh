@@ -33,6 +33,14 @@ command -v debootstrap >/dev/null || {
 }
 
 mkdir -p "$cache"
+# One build at a time (CI runs and engineers may share the cache); whoever
+# waited finds the tree done.
+exec 9>"$cache/.lock"
+flock 9
+if [ -x "$rootfs/usr/bin/python3" ] && [ -e "$rootfs/.complete" ]; then
+    echo "$rootfs"
+    exit 0
+fi
 work=$(mktemp -d "$cache/.build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" >&2
