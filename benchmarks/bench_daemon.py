@@ -417,7 +417,7 @@ class Series:
 
 
 def bench_rpc(root: Path, sizes: Sizes, levels: tuple[int, ...], results: dict[str, Any]) -> Server:
-    """echo and ipamd, interleaved. Returns the running ipamd (for the CNI section)."""
+    """echo and ipamd, interleaved. Returns the running ipamd."""
     echo = start_echo(root)
     echo_epoll = start_echo(root, epoll=True)
     ipamd = start_ipamd(root)
@@ -816,8 +816,12 @@ def bench_seed(root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
 # -- ipamd's CNI plugin ----------------------------------------------------------------
 
 
-def bench_cni(ipamd: Server, root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
-    """The plugin (contrib/cni/) and host-local side by side at 1 worker (cni_exec.py)."""
+def bench_cni(root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
+    """The plugin (contrib/cni/) and host-local side by side at 1 worker (cni_exec.py).
+
+    ipamd gets a daemon of its own on a fresh state directory, as host-local gets
+    a fresh dataDir: not the one the RPC section just put 300,000 mutations
+    through, whose LevelDB compactions would still be running."""
     if ensure_host_local() is not None:
         results["cni"] = None
         results["cni_problem"] = f"{HOST_LOCAL} is missing"
@@ -829,14 +833,19 @@ def bench_cni(ipamd: Server, root: Path, sizes: Sizes, results: dict[str, Any]) 
         results["cni"] = None
         results["cni_problem"] = str(e)
         return
-    timing = root / "cni-timing"
-    plugins = [
-        cni_exec.host_local(root / "cni"),
-        cni_exec.ipamd_plugin(binary, ipamd.socket, timing),
-    ]
-    results["cni"] = cni_exec.compare(
-        plugins, CNI_LEASES, sizes.cni_ops, sizes.reps, workers=1, log=log
-    )
+    home = root / "cni"
+    home.mkdir()
+    ipamd = start_ipamd(home)
+    try:
+        plugins = [
+            cni_exec.host_local(home),
+            cni_exec.ipamd_plugin(binary, ipamd.socket, home / "timing"),
+        ]
+        results["cni"] = cni_exec.compare(
+            plugins, CNI_LEASES, sizes.cni_ops, sizes.reps, workers=1, log=log
+        )
+    finally:
+        ipamd.stop()
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -1089,21 +1098,19 @@ def main(argv: list[str] | None = None) -> int:
         log(f"state under {root}")
         ipamd: Server | None = None
         try:
-            if "rpc" in sections or "cni" in sections:
+            if "rpc" in sections:
                 log("ipamd vs echo ...")
-                if "rpc" in sections:
-                    ipamd = bench_rpc(root, sizes, levels, results)
-                else:
-                    ipamd = start_ipamd(root)
+                ipamd = bench_rpc(root, sizes, levels, results)
+                ipamd.stop()  # done: its compactions must not run into later sections
             if "hostlocal" in sections:
                 log("host-local ...")
                 bench_host_local(root, sizes, results)
             if "seed" in sections:
                 log("seed-style ...")
                 bench_seed(root, sizes, results)
-            if "cni" in sections and ipamd is not None:
+            if "cni" in sections:
                 log("CNI plugins ...")
-                bench_cni(ipamd, root, sizes, results)
+                bench_cni(root, sizes, results)
             if "scrape" in sections:
                 log("a scraper against none ...")
                 bench_scrape(root, sizes, args.quick, results)
