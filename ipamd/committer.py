@@ -1,5 +1,6 @@
 """The committer: one thread that writes and syncs the writer's batches, so the
-event loop never waits for the disk.
+event loop never waits for the disk (but for a lone group's, which the writer
+writes itself while syncs are quick: see Writer._lone).
 
 Why a thread of our own and not `trio.to_thread.run_sync`: that takes a thread
 from trio's cache for each batch, names it, reports back through trio's wake-up

@@ -8,6 +8,7 @@ real methods (test_enospc.py makes the disk fail for real).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from ipaddress import ip_address
 from pathlib import Path
@@ -52,10 +53,14 @@ class FlakyStore(Store):
         self.write_started = threading.Event()
         self.write_may_finish = threading.Event()
         self.write_may_finish.set()
+        self.threads: list[str] = []  # the thread each write ran on
+        self.slow_s = 0.0  # how long each write takes at least
 
     def commit(self, batch: plyvel.WriteBatch) -> None:
+        self.threads.append(threading.current_thread().name)
         self.write_started.set()
         self.write_may_finish.wait()
+        time.sleep(self.slow_s)
         if self.failing_writes:
             self.failing_writes -= 1
             raise StorageError(f"write to {self.path} failed: Input/output error (injected)")
@@ -271,7 +276,7 @@ async def test_shutdown_answers_the_groups_in_flight_and_refuses_the_rest(
 ) -> None:
     """In flight: the group being written and the one decided meanwhile; what
     is queued once shutdown has begun is refused."""
-    writer = flaky_writer(state_dir)
+    writer = flaky_writer(state_dir, inline_lone_writes=False)  # holds a write
     store = flaky(writer)
     outcomes: dict[str, Any] = {}
 
@@ -367,6 +372,27 @@ async def test_an_identical_create_behind_a_delete_waits_its_turn(state_dir: Pat
     assert NET in writer.committed
 
 
+async def test_a_lone_group_is_written_on_the_loops_thread_while_syncs_are_quick(
+    state_dir: Path,
+) -> None:
+    writer = flaky_writer(state_dir, max_batch=1)
+    store = flaky(writer)
+    loop, committer = threading.current_thread().name, "ipamd-committer"
+    async with running(writer):
+        await writer.submit(create(network()))  # alone: no hand-off
+        async with trio.open_nursery() as clients:  # two at once, one per group
+            clients.start_soon(writer.submit, alloc("a"))
+            clients.start_soon(writer.submit, alloc("b"))
+        assert store.threads == [loop, committer, loop]
+        store.slow_s = ipamd.writer.INLINE_SYNC_MAX_S * 2
+        await writer.submit(alloc("c"))  # alone, after quick syncs: on the loop's thread...
+        store.slow_s = 0.0
+        await writer.submit(alloc("d"))  # ...which took too long: the committer's again
+        await writer.submit(alloc("e"))
+    assert store.threads[3:] == [loop, committer, loop]
+    assert set(assert_matches_disk(writer)) == {LeaseKey(NET, c) for c in "abcde"}
+
+
 async def test_restart_sees_exactly_what_was_answered(state_dir: Path) -> None:
     store, allocator = open_store(state_dir)
     writer = Writer(store, allocator)
@@ -388,7 +414,7 @@ async def test_a_group_is_decided_while_the_one_before_is_written(state_dir: Pat
     """The next group sees the decisions of the group being written (a retry
     gets the same lease, a new container the next address) and is answered
     only after that write, with its own."""
-    writer = flaky_writer(state_dir)
+    writer = flaky_writer(state_dir, inline_lone_writes=False)  # holds a write
     store = flaky(writer)
     outcomes: dict[str, Any] = {}
 
@@ -417,7 +443,7 @@ async def test_a_group_is_decided_while_the_one_before_is_written(state_dir: Pat
 
 
 async def test_a_failed_write_fails_the_group_decided_on_top_of_it(state_dir: Path) -> None:
-    writer = flaky_writer(state_dir)
+    writer = flaky_writer(state_dir, inline_lone_writes=False)  # holds a write
     store = flaky(writer)
     outcomes: dict[str, Any] = {}
 
