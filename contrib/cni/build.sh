@@ -38,6 +38,10 @@ module) ;;
     exit 2
     ;;
 esac
+# Go keeps its build cache under $HOME; a CI job or a unit may run without one.
+if [ -z "${GOCACHE:-}${XDG_CACHE_HOME:-}${HOME:-}" ]; then
+    export GOCACHE="${TMPDIR:-/tmp}/ipamd-cni-gocache"
+fi
 cd "$here"
 if [ -n "$check" ]; then
     unformatted=$(gofmt -l .)
