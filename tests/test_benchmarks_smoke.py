@@ -144,3 +144,19 @@ def test_bench_metrics_quick_reports_every_figure(tmp_path: Path) -> None:
         "render_us_100",
         "render_bytes_100",
     )
+
+
+@pytest.mark.slow
+def test_bench_cluster_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures = run_quick("bench_cluster.py", tmp_path)
+    assert figures["quick"] is True
+    assert figures["errors"] == 0
+    assert_positive(
+        figures,
+        "cluster_vs_local_64",
+        "first_alloc_fresh_host_ms",
+        "claims_per_s",
+        "etcd_keys_per_10k_leases",
+        "local_allocs_per_s_64",
+        "cluster_allocs_per_s_64",
+    )

@@ -177,6 +177,33 @@ class EtcdSession:
         kvs = (answer.get("responses") or [{}])[0].get("response_range", {}).get("kvs") or []
         return False, _kv(kvs[0]) if kvs else None
 
+    def create_all(self, items: list[tuple[str, bytes]]) -> tuple[bool, int, list[KeyValue]]:
+        """Create every key if none exists, in one transaction: (True, the
+        revision they were created at, []) or (False, 0, the keys that existed)."""
+        compare = [
+            {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+            for key, _ in items
+        ]
+        answer = self._post(
+            "/kv/txn",
+            {
+                "compare": compare,
+                "success": [
+                    {"request_put": {"key": _b64(key), "value": _b64(value)}}
+                    for key, value in items
+                ],
+                "failure": [{"request_range": {"key": _b64(key)}} for key, _ in items],
+            },
+        )
+        if answer.get("succeeded"):
+            return True, int(answer["header"]["revision"]), []
+        existing = [
+            _kv(raw)
+            for response in answer.get("responses") or []
+            for raw in response.get("response_range", {}).get("kvs") or []
+        ]
+        return False, 0, existing
+
     def put(self, key: str, value: bytes, lease: int = 0) -> None:
         body: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
         if lease:
