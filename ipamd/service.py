@@ -286,7 +286,18 @@ class Service:
                     "subnets": wire["subnets"],
                 }
             )
+            if self.cluster is not None and committed[name].network.is_cluster:
+                networks[-1]["cluster"] = self._cluster_stats(committed[name])
         return {"networks": networks}
+
+    def _cluster_stats(self, snap: NetworkSnapshot) -> dict[str, Any]:
+        """Per host and cluster-wide: blocks, used, free in blocks, and the
+        share of the network's allocatable addresses leased anywhere."""
+        assert self.cluster is not None
+        out = self.cluster.network_stats(snap.network.name)
+        allocatable = sum(s.allocatable for s in snap.subnets)
+        out["utilisation"] = round(out["used"] / allocatable, 6) if allocatable else 1.0
+        return out
 
     def _lease_wire(self, lease: Lease) -> dict[str, Any]:
         return lease.to_wire(self.writer.committed[lease.key.network].network, self.boot)

@@ -79,6 +79,10 @@ class ClusterFrontend:
         else:
             raise InvalidRequest(f"no such cluster method {method!r}")
 
+    def network_stats(self, name: str) -> dict[str, Any]:
+        """`stats`'s "cluster" entry of a cluster network (no etcd call)."""
+        return self.node.network_stats(name)
+
     def status(self) -> dict[str, Any]:
         """What `status` and the STATUS= line show of cluster mode."""
         etcd = self.node.etcd

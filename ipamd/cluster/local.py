@@ -68,6 +68,11 @@ class LocalBlocks:
 
     def __init__(self) -> None:
         self.owned: dict[str, dict[IPNetwork, OwnedBlock]] = {}
+        # Blocks not owned here that may still hold leases of this host (a
+        # block lost to another host, or given up under an earlier owner
+        # record): only for those must opening a block ask who holds each
+        # address. Every other block being opened is empty here by construction.
+        self._may_hold_leases: set[tuple[str, IPNetwork]] = set()
         self._allocator: Allocator | None = None
 
     # -- WriterExtension -----------------------------------------------------------
@@ -81,9 +86,11 @@ class LocalBlocks:
             block = ipaddress.ip_network(cidr.decode())
             owned = OwnedBlock(network.decode(), int(value["subnet"]), block, value["revision"])
             self.owned.setdefault(owned.network, {})[block] = owned
+        self._may_hold_leases = set()
         for pool in allocator.pools.values():
             if pool.network.is_cluster:
                 self._mask(pool)
+                self._note_leases_outside(pool, store)
 
     def created(self, pool: NetworkPool) -> None:
         if pool.network.is_cluster:
@@ -138,7 +145,9 @@ class LocalBlocks:
         ]
         mine = self.owned.setdefault(owned.network, {})
         if owned.block not in mine:
-            _open_block(subnet_pool, space, index, owned.network, view)
+            leased = (owned.network, owned.block) in self._may_hold_leases
+            _open_block(subnet_pool, space, index, owned.network, view if leased else None)
+            self._may_hold_leases.discard((owned.network, owned.block))
         mine[owned.block] = owned
         return {"block": str(owned.block), "revision": owned.revision}, changes
 
@@ -155,8 +164,24 @@ class LocalBlocks:
         first, last = space.offsets(space.index_of(owned.block.network_address))
         _close_range(subnet_pool, first, last)
         del mine[mutation.block]
+        if used:
+            self._may_hold_leases.add((mutation.network, mutation.block))
         key = block_key(mutation.network, mutation.block)
         return {"dropped": True, "used": used}, [DeleteEntry(mutation.network, key)]
+
+    def _note_leases_outside(self, pool: NetworkPool, store: Store) -> None:
+        """Remember the blocks outside the owned ones that hold leases (one
+        scan of the network's reverse entries, at start and after a rebuild)."""
+        network = pool.network
+        mine = self.owned.get(network.name, {})
+        for address, _ in store.reverse_entries(network.name):
+            index = network.subnet_of(address)
+            if index is None:
+                continue
+            space = BlockSpace(network.subnets[index])
+            block = space.cidr(space.index_of(address))
+            if block not in mine:
+                self._may_hold_leases.add((network.name, block))
 
     def _mask(self, pool: NetworkPool) -> None:
         """Take every address outside the owned blocks out of the pool's index."""
@@ -180,11 +205,15 @@ class LocalBlocks:
 
 
 def _open_block(
-    subnet_pool: SubnetPool, space: BlockSpace, index: int, network: str, view: PendingLeases
+    subnet_pool: SubnetPool,
+    space: BlockSpace,
+    index: int,
+    network: str,
+    view: PendingLeases | None,
 ) -> None:
     """Put a newly owned block's free addresses into the index: every address
-    that may be handed out and that no lease holds (a block this host owned
-    before may still hold some)."""
+    that may be handed out and that no lease holds. `view` None: the block
+    holds no lease of this host (no need to ask for each address)."""
     subnet = subnet_pool.subnet
     first, last = space.offsets(index)
     low, high = subnet.host_bounds
@@ -193,7 +222,7 @@ def _open_block(
     for offset in range(max(first, low), min(last, high) + 1):
         if any(a <= offset <= b for a, b in reserved):
             continue
-        if view.owner(network, subnet.address_at(offset)) is not None:
+        if view is not None and view.owner(network, subnet.address_at(offset)) is not None:
             continue
         if subnet_pool.free.give_if_used(offset) and range_first <= offset <= range_last:
             subnet_pool.free_in_range += 1

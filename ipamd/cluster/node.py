@@ -102,7 +102,10 @@ class ClusterNode:
         ] = {}  # (when, blocks)  # monotonic time a claim found none
         self._empty_since: dict[tuple[str, IPNetwork], float] = {}
         self._published: bytes | None = None
-        self._summaries: dict[str, dict[str, Any]] = {}  # host -> summary, from the last sync
+        # From the last catch-up, for `stats`: each block's owner, and the
+        # used/free counts other hosts published, by (network, block text).
+        self._owners: dict[str, dict[str, str]] = {}
+        self._counts: dict[tuple[str, str], tuple[int, int]] = {}
         self._sync_lock = trio.Lock()
         self._wake_sync = trio.Event()
 
@@ -501,6 +504,7 @@ class ClusterNode:
             blocks = await self._rescan(None)
             await self._reconcile(blocks)
             await self._publish()
+            await self._read_summaries(blocks)
             await self._return_empty()
             if not self.caught_up:
                 self.caught_up = True
@@ -617,6 +621,47 @@ class ClusterNode:
             return
         await self.etcd.call(self.etcd.session.put, self.layout.summary(self.host), value)
         self._published = body
+
+    async def _read_summaries(self, blocks: list[KeyValue]) -> None:
+        owners: dict[str, dict[str, str]] = {}
+        for kv in blocks:
+            parsed = self.layout.parse_block(kv.key)
+            if parsed is not None:
+                owners.setdefault(parsed[0], {})[str(parsed[1])] = ekeys.owner_of(kv.value)
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
+        for kv in await self.etcd.call(self.etcd.session.get_prefix, self.layout.summaries):
+            value = ekeys.decode(kv.value)
+            if not isinstance(value, dict) or not isinstance(value.get("blocks"), dict):
+                continue
+            for network, per_block in value["blocks"].items():
+                if isinstance(per_block, dict):
+                    for block, pair in per_block.items():
+                        if isinstance(pair, list) and len(pair) == 2:
+                            counts[(network, block)] = (int(pair[0]), int(pair[1]))
+        self._owners, self._counts = owners, counts
+
+    def network_stats(self, name: str) -> dict[str, Any]:
+        """A cluster network's blocks and use per host and cluster-wide: this
+        host's live, the others' as they last published (at the last catch-up)."""
+        hosts: dict[str, dict[str, int]] = {}
+        mine = {str(b.block): b for b in self.local.blocks_of(name)}
+        owners = dict(self._owners.get(name, {}))
+        owners.update({block: self.host for block in mine})
+        for block, owner in owners.items():
+            entry = hosts.setdefault(owner, {"blocks": 0, "used": 0, "free": 0})
+            entry["blocks"] += 1
+            if owner == self.host and block in mine:
+                used, free = self.local.usage(mine[block])
+            else:
+                used, free = self._counts.get((name, block), (0, 0))
+            entry["used"] += used
+            entry["free"] += free
+        return {
+            "blocks": sum(h["blocks"] for h in hosts.values()),
+            "used": sum(h["used"] for h in hosts.values()),
+            "free_in_blocks": sum(h["free"] for h in hosts.values()),
+            "hosts": [{"name": n, **hosts[n]} for n in sorted(hosts)],
+        }
 
     async def _return_empty(self) -> None:
         now = time.monotonic()

@@ -169,6 +169,15 @@ def test_four_hosts_fill_a_subnet_concurrently_without_a_duplicate(
     for host in cluster:
         error = host.error("alloc", {"container_id": "late", "networks": {"fill": {}}})
         assert error.name == "range_exhausted"
+    # stats: per host and cluster-wide, once every host has published its
+    # summary (each catch-up does) and h1 has read them (its next one).
+    for host in [*cluster, cluster[0]]:
+        host.call("cluster.status")
+    (fill,) = [n for n in cluster[0].call("stats")["networks"] if n["name"] == "fill"]
+    assert fill["cluster"]["used"] == 254 and fill["cluster"]["utilisation"] == 1.0
+    assert fill["cluster"]["blocks"] == 16 and fill["cluster"]["free_in_blocks"] == 0
+    per_host = {h["name"]: h["used"] for h in fill["cluster"]["hosts"]}
+    assert per_host == {name: len(acknowledged[name]) for name in names}
     for host in cluster:
         assert host.daemon.stop() == 0
         result = check_cluster(host)
