@@ -58,6 +58,10 @@ class ClusterConfig:
     sync_interval: float = 5.0
     # A block empty this long goes back to etcd (one per subnet is always kept).
     return_empty_after: float = 600.0
+    # Blocks of a host whose liveness key has been gone this long, and whose
+    # last published summary showed them empty, are released; None: never
+    # (only `cluster.release_host` does).
+    reclaim_dead_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +172,7 @@ CLUSTER_KEYS = {
     "lease_ttl",
     "sync_interval",
     "return_empty_after",
+    "reclaim_dead_after",
 }
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -214,6 +219,9 @@ def _cluster(raw: dict[str, Any]) -> ClusterConfig | None:
         lease_ttl=int(lease_ttl),
         sync_interval=_duration(table, "sync_interval", 5.0),
         return_empty_after=_duration(table, "return_empty_after", 600.0),
+        reclaim_dead_after=(
+            _duration(table, "reclaim_dead_after", 0.0) if "reclaim_dead_after" in table else None
+        ),
     )
 
 

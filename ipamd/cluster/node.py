@@ -106,6 +106,8 @@ class ClusterNode:
         # used/free counts other hosts published, by (network, block text).
         self._owners: dict[str, dict[str, str]] = {}
         self._counts: dict[tuple[str, str], tuple[int, int]] = {}
+        self._published_by: dict[tuple[str, str, str], int] = {}  # (host, network, block) -> used
+        self._dead_since: dict[str, float] = {}  # host -> monotonic time first seen dead
         self._sync_lock = trio.Lock()
         self._wake_sync = trio.Event()
 
@@ -505,6 +507,7 @@ class ClusterNode:
             await self._reconcile(blocks)
             await self._publish()
             await self._read_summaries(blocks)
+            await self._reclaim_dead(blocks)
             await self._return_empty()
             if not self.caught_up:
                 self.caught_up = True
@@ -629,16 +632,57 @@ class ClusterNode:
             if parsed is not None:
                 owners.setdefault(parsed[0], {})[str(parsed[1])] = ekeys.owner_of(kv.value)
         counts: dict[tuple[str, str], tuple[int, int]] = {}
+        published_by: dict[tuple[str, str, str], int] = {}
         for kv in await self.etcd.call(self.etcd.session.get_prefix, self.layout.summaries):
             value = ekeys.decode(kv.value)
             if not isinstance(value, dict) or not isinstance(value.get("blocks"), dict):
                 continue
+            host = str(value.get("host"))
             for network, per_block in value["blocks"].items():
                 if isinstance(per_block, dict):
                     for block, pair in per_block.items():
                         if isinstance(pair, list) and len(pair) == 2:
                             counts[(network, block)] = (int(pair[0]), int(pair[1]))
-        self._owners, self._counts = owners, counts
+                            published_by[(host, network, block)] = int(pair[0])
+        self._owners, self._counts, self._published_by = owners, counts, published_by
+
+    async def _reclaim_dead(self, blocks: list[KeyValue]) -> None:
+        """With reclaim_dead_after set: release the blocks of hosts dead that
+        long whose last summary showed them empty. Each delete is compared on
+        the block's create revision and on the host's liveness key being
+        absent, so a host that comes back keeps its blocks."""
+        after = self.config.reclaim_dead_after
+        if after is None:
+            return
+        kvs = await self.etcd.call(self.etcd.session.get_prefix, self.layout.hosts)
+        alive = {kv.key.removeprefix(self.layout.hosts) for kv in kvs}
+        now = time.monotonic()
+        for host in [h for h in self._dead_since if h in alive]:
+            del self._dead_since[host]
+        for kv in blocks:
+            owner = ekeys.owner_of(kv.value)
+            parsed = self.layout.parse_block(kv.key)
+            if owner == self.host or owner in alive or parsed is None:
+                continue
+            since = self._dead_since.setdefault(owner, now)
+            if now - since < after:
+                continue
+            if self._published_by.get((owner, parsed[0], str(parsed[1]))) != 0:
+                continue  # not known to be empty: only an operator may release it
+            if await self.etcd.call(
+                self.etcd.session.delete_if_created,
+                kv.key,
+                kv.create_revision,
+                self.layout.host(owner),
+            ):
+                log.warning(
+                    "cluster: reclaimed empty block %s of network %s from host %s, whose"
+                    " liveness key has been gone for %.0f s",
+                    parsed[1],
+                    parsed[0],
+                    owner,
+                    now - since,
+                )
 
     def network_stats(self, name: str) -> dict[str, Any]:
         """A cluster network's blocks and use per host and cluster-wide: this

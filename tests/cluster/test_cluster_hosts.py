@@ -331,3 +331,32 @@ def test_ipamd_client_cluster_commands(hosts: HostsFactory) -> None:
     assert block["host"] == "h2" and ipaddress.ip_network(block["block"]).prefixlen == 28
     refused = ipamd_client(h1, "cluster", "release-host", "h2")
     assert refused.returncode != 0 and "alive" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_dead_hosts_empty_blocks_are_reclaimed_when_configured(
+    tmp_path: Any, etcd: EtcdCluster, prefix: str, hosts: HostsFactory
+) -> None:
+    (h1,) = hosts(["h1"], lease_ttl=2)
+    (h2,) = hosts(["h2"], lease_ttl=2, reclaim_dead_after="1s", sync_interval="0.3s")
+    h1.call("network.create", cluster_net("dead", "10.28.0.0/24"))
+    for n in range(70):  # one full /26 and a few in a second block
+        h1.call("alloc", {"container_id": f"c{n}", "networks": {"dead": {}}})
+    for n in range(63):
+        h1.call("release", {"container_id": f"c{n}"})
+    h1.call("cluster.status")  # publishes h1's summary
+    blocks = h1.call("cluster.blocks", {"network": "dead"})["blocks"]
+    assert {b["host"] for b in blocks} == {"h1"}
+    empty = [b["block"] for b in blocks if b["used"] == 0]
+    (busy,) = [b["block"] for b in blocks if b["used"] == 7]
+    assert empty  # the block emptied (and any claimed ahead)
+    gone = etcd.watch_deleted(f"{prefix}/hosts/h1")
+    reclaimed = etcd.watch_deleted(f"{prefix}/blocks/dead/", prefix=True)
+    h1.daemon.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    gone.wait()
+    reclaimed.wait(count=len(empty))
+    h2.call("cluster.status")  # one more full pass: the non-empty block stays h1's
+    left = {b["block"]: b["host"] for b in h2.call("cluster.blocks", {"network": "dead"})["blocks"]}
+    assert left == {busy: "h1"}
+    full = empty[0]
+    assert f"reclaimed empty block {full} of network dead from host h1" in h2.daemon.log()
