@@ -28,7 +28,10 @@ Choices written down here:
 * `gc NET --valid CONTAINER[:IFNAME]...`: CONTAINER alone keeps every
   attachment of that container; `CONTAINER:` keeps only its unnamed one.
   `--valid-from FILE` reads one entry a line (`-`: stdin); an empty file keeps
-  nothing, which releases every lease on NET.
+  nothing, which releases every lease on NET. `--from-cni-cache DIR`,
+  `--from-podman` and `--from-crictl` add what the runtimes themselves hold
+  (see ipamd/client/runtimes.py); each is read only, and one that cannot be
+  read fails the command (exit 69) instead of keeping nothing.
 * Counts of 10**15 or more (IPv6 subnets) print as `1.84e+19` in tables; `--json`
   keeps the daemon's exact value (a decimal string above 2**63-1).
 """
@@ -508,6 +511,7 @@ ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr p
         """
 ipamd-client gc podman --valid 3f2a9c --valid 77b1e0:eth0 --dry-run
 podman ps -aq --no-trunc | ipamd-client gc podman --valid-from -
+ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry-run
 """,
     )
     gc.add_argument("network", metavar="NET")
@@ -522,6 +526,25 @@ podman ps -aq --no-trunc | ipamd-client gc podman --valid-from -
         "--valid-from",
         metavar="FILE",
         help="read CONTAINER[:IFNAME] lines from FILE ('-': stdin)",
+    )
+    gc.add_argument(
+        "--from-cni-cache",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="keep the attachments libcni's cache lists on NET (/var/lib/cni/results;"
+        " files from before this boot do not count); repeatable",
+    )
+    gc.add_argument(
+        "--from-podman",
+        action="store_true",
+        help="keep every container `podman ps --all` lists",
+    )
+    gc.add_argument(
+        "--from-crictl",
+        action="store_true",
+        help="keep every pod sandbox `crictl pods` lists (CRI-O, containerd)",
     )
     gc.add_argument("--dry-run", action="store_true", help="only show what would be released")
     return parser
@@ -752,14 +775,46 @@ def cmd_gc(client: Client, args: argparse.Namespace, out: Output) -> None:
             for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")
         ]
-    elif not entries:
+    elif not entries and not _runtime_sources(args):
         raise _usage(
-            "gc needs --valid CONTAINER[:IFNAME] (or --valid-from FILE; "
-            "an empty file keeps nothing and releases every lease)"
+            "gc needs --valid CONTAINER[:IFNAME] (or --valid-from FILE, or --from-cni-cache DIR,"
+            " --from-podman, --from-crictl; an empty file keeps nothing and releases every lease)"
         )
     valid = [_valid_entry(entry) for entry in entries]
+    notes: list[str] = []
+    if _runtime_sources(args):
+        runtime_valid, notes = _from_runtimes(args)
+        valid += runtime_valid
     result = client.gc(args.network, valid, dry_run=args.dry_run)
-    out.result(result, lambda: render.gc_lines(args.network, result, args.dry_run))
+    out.result(result, lambda: notes + render.gc_lines(args.network, result, args.dry_run))
+
+
+def _runtime_sources(args: argparse.Namespace) -> bool:
+    return bool(args.from_cni_cache or args.from_podman or args.from_crictl)
+
+
+def _from_runtimes(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[str]]:
+    """gc's valid entries from the runtimes' own records (ipamd/client/runtimes.py),
+    and a line per source saying what it gave."""
+    from ipamd.client import runtimes  # only gc needs it: keeps the client's start fast
+
+    found = runtimes.Attachments()
+    try:
+        for directory in args.from_cni_cache:
+            runtimes.from_cni_cache(directory, args.network, found)
+        if args.from_podman:
+            runtimes.from_podman(found)
+        if args.from_crictl:
+            runtimes.from_crictl(found)
+    except runtimes.SourceError as e:
+        raise CliError(EXIT_UNAVAILABLE, "source", str(e)) from None
+    for stale in found.stale:
+        print(f"ipamd-client: left out {stale}: written before this boot", file=sys.stderr)
+    valid = [
+        {"container_id": cid} if ifname is None else {"container_id": cid, "ifname": ifname}
+        for cid, ifname in sorted(found.valid, key=lambda pair: (pair[0], pair[1] or ""))
+    ]
+    return valid, [f"valid: {note}" for note in found.notes]
 
 
 def _usage(message: str) -> CliError:
