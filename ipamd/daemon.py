@@ -232,7 +232,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ipamd",
         description="IP address manager daemon for container hosts (runs in the foreground).",
-        epilog="`ipamd check [--state-dir DIR]` verifies a database offline.",
+        epilog="`ipamd check [--state-dir DIR]` verifies a database offline; `ipamd import"
+        " host-local DIR --network NAME` imports CNI host-local's state (daemon stopped).",
     )
     parser.add_argument("--config", type=Path, help="TOML config file (optional)")
     parser.add_argument("--socket", type=Path, help="Unix socket path to bind")
@@ -265,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         from ipamd.check import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["import"]:
+        from ipamd.importer import main as import_main
+
+        return import_main(argv[1:])
     try:
         args = parse_args(argv)
     except SystemExit as e:
