@@ -100,10 +100,12 @@ def leak(daemon: Daemon, network: str, container_id: str, ifname: str = "eth0") 
 class Libcni:
     """ADD and DEL through the real libcni, its cache under `cache_dir`."""
 
-    def __init__(self, runner: Path, plugin_dir: Path, daemon: Daemon, tmp: Path, net: str):
+    def __init__(
+        self, runner: Path, plugin_dir: Path, daemon: Daemon, tmp: Path, net: str, subnet: str
+    ) -> None:
         self.runner, self.plugin_dir, self.cache_dir = runner, plugin_dir, tmp / "cni-cache"
         self.conflist = tmp / f"{net}.conflist"
-        ipam = {"type": "ipamd", "socket": str(daemon.socket), "ranges": [[{"subnet": SUBNET}]]}
+        ipam = {"type": "ipamd", "socket": str(daemon.socket), "ranges": [[{"subnet": subnet}]]}
         # The plugin as the only one of the list: libcni caches its result as any.
         self.conflist.write_text(
             json.dumps(
@@ -131,14 +133,11 @@ class Libcni:
         return done.stdout
 
 
-SUBNET = "10.251.0.0/24"
-
-
 def test_gc_from_libcni_cache_keeps_what_libcni_holds_and_releases_the_rest(
     libcni_runner: Path, plugin_dir: Path, shared_daemon: Daemon, tmp_path: Path
 ) -> None:
     net = "cache-net"
-    libcni = Libcni(libcni_runner, plugin_dir, shared_daemon, tmp_path, net)
+    libcni = Libcni(libcni_runner, plugin_dir, shared_daemon, tmp_path, net, "10.251.0.0/24")
     for container_id, ifname in (("c1", "eth0"), ("c2", "eth0"), ("c3", "net1")):
         libcni.run("add", container_id, ifname)
     libcni.run("del", "c2", "eth0")  # libcni drops its cache file; the plugin its lease
@@ -170,7 +169,7 @@ def test_an_unreadable_cache_file_fails_gc_and_releases_nothing(
     libcni_runner: Path, plugin_dir: Path, shared_daemon: Daemon, tmp_path: Path
 ) -> None:
     net = "cache-bad"
-    libcni = Libcni(libcni_runner, plugin_dir, shared_daemon, tmp_path, net)
+    libcni = Libcni(libcni_runner, plugin_dir, shared_daemon, tmp_path, net, "10.250.0.0/24")
     libcni.run("add", "c1", "eth0")
     leak(shared_daemon, net, "ghost")
     broken = libcni.cache_dir / "results" / f"{net}-c9-eth0"
