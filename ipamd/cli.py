@@ -546,6 +546,11 @@ ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry
         action="store_true",
         help="keep every pod sandbox `crictl pods` lists (CRI-O, containerd)",
     )
+    gc.add_argument(
+        "--suspect-only",
+        action="store_true",
+        help="release only leases from an earlier boot (safe while the runtime starts containers)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="only show what would be released")
     return parser
 
@@ -785,7 +790,7 @@ def cmd_gc(client: Client, args: argparse.Namespace, out: Output) -> None:
     if _runtime_sources(args):
         runtime_valid, notes = _from_runtimes(args)
         valid += runtime_valid
-    result = client.gc(args.network, valid, dry_run=args.dry_run)
+    result = client.gc(args.network, valid, dry_run=args.dry_run, suspect_only=args.suspect_only)
     out.result(result, lambda: notes + render.gc_lines(args.network, result, args.dry_run))
 
 

@@ -101,10 +101,17 @@ def lease_owner(ip: str, network: str | None = None) -> Call:
     return "lease.owner", params
 
 
-def gc(network: str, valid: Sequence[Mapping[str, Any]], dry_run: bool = False) -> Call:
+def gc(
+    network: str,
+    valid: Sequence[Mapping[str, Any]],
+    dry_run: bool = False,
+    suspect_only: bool = False,
+) -> Call:
     params: dict[str, Any] = {"network": network, "valid": [dict(v) for v in valid]}
     if dry_run:
         params["dry_run"] = True
+    if suspect_only:
+        params["suspect_only"] = True
     return "gc", params
 
 

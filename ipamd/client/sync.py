@@ -239,10 +239,15 @@ class Client:
         return self._map(methods.lease_owner(ip, network))
 
     def gc(
-        self, network: str, valid: Sequence[Mapping[str, Any]], dry_run: bool = False
+        self,
+        network: str,
+        valid: Sequence[Mapping[str, Any]],
+        dry_run: bool = False,
+        suspect_only: bool = False,
     ) -> dict[str, Any]:
-        """Release every lease on `network` whose key is not in `valid`: {container_id, ifname?}."""
-        return self._map(methods.gc(network, valid, dry_run))
+        """Release every lease on `network` whose key is not in `valid`: {container_id, ifname?}
+        (with `suspect_only`, only those from an earlier boot)."""
+        return self._map(methods.gc(network, valid, dry_run, suspect_only))
 
 
 def _remaining(deadline: float) -> float:

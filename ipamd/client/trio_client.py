@@ -247,9 +247,13 @@ class TrioClient:
         return await self._map(methods.lease_owner(ip, network))
 
     async def gc(
-        self, network: str, valid: Sequence[Mapping[str, Any]], dry_run: bool = False
+        self,
+        network: str,
+        valid: Sequence[Mapping[str, Any]],
+        dry_run: bool = False,
+        suspect_only: bool = False,
     ) -> dict[str, Any]:
-        return await self._map(methods.gc(network, valid, dry_run))
+        return await self._map(methods.gc(network, valid, dry_run, suspect_only))
 
 
 async def _open_stream(path: Path, connect_timeout: float) -> trio.SocketStream:

@@ -344,7 +344,8 @@ class Allocator:
         alive: list[Lease] = []
         for lease in view.leases_in(request.network):
             if not request.keeps(lease.key.container_id, lease.key.ifname):
-                stale.append(lease)
+                if not request.suspect_only or lease.boot != self.boot:
+                    stale.append(lease)
             elif lease.boot != self.boot:
                 alive.append(lease)
         if request.dry_run:

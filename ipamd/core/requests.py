@@ -30,7 +30,7 @@ ALLOC_KEYS = frozenset({"container_id", "networks"})
 ALLOC_OPTION_KEYS = frozenset({"ifname", "static_ips", "attributes"})
 RELEASE_KEYS = frozenset({"container_id", "networks"})
 RELEASE_OPTION_KEYS = frozenset({"ifname"})
-GC_KEYS = frozenset({"network", "valid", "dry_run"})
+GC_KEYS = frozenset({"network", "valid", "dry_run", "suspect_only"})
 GC_VALID_KEYS = frozenset({"container_id", "ifname"})
 DELETE_NETWORK_KEYS = frozenset({"name", "force"})
 
@@ -166,6 +166,9 @@ class GcRequest:
     # (container_id, ifname); ifname None keeps every attachment of the container.
     valid: frozenset[tuple[str, str | None]]
     dry_run: bool = False
+    # Release only leases from an earlier boot: a gc at boot, racing the
+    # runtime's first ADDs, must never take a lease made in this boot.
+    suspect_only: bool = False
 
     def keeps(self, container_id: str, ifname: str) -> bool:
         return (container_id, ifname) in self.valid or (container_id, None) in self.valid
@@ -190,7 +193,12 @@ class GcRequest:
                     None if ifname is None else validate_ifname(ifname),
                 )
             )
-        return cls(network, frozenset(valid), optional_bool(params, "dry_run"))
+        return cls(
+            network,
+            frozenset(valid),
+            optional_bool(params, "dry_run"),
+            optional_bool(params, "suspect_only"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,6 +194,25 @@ def test_a_gc_listing_a_suspect_lease_confirms_it(host: Host) -> None:
     host.stop()
 
 
+def test_a_suspect_only_gc_never_takes_a_lease_made_in_this_boot(host: Host) -> None:
+    """A gc at boot may race the runtime's first ADDs: suspect_only spares them."""
+    first_boot(host)
+    host.reboot("boot-two")
+    host.start()
+    with host.client() as client:
+        fresh = alloc(client, "fresh")  # ADDed while the gc's list was being made
+        valid = [{"container_id": "b"}]
+        dry = client.call(
+            "gc", {"network": NET, "valid": valid, "suspect_only": True, "dry_run": True}
+        )
+        assert sorted(x["container_id"] for x in dry["released"]) == ["a", "c"]
+        result = client.call("gc", {"network": NET, "valid": valid, "suspect_only": True})
+        assert sorted(x["container_id"] for x in result["released"]) == ["a", "c"]
+        assert set(leases(client)) == {"b/", "fresh/"}
+        assert leases(client)["fresh/"]["ips"][0]["address"] == fresh
+    host.stop()
+
+
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uids")  # CI runs as root
 def test_a_reader_sees_suspect_leases_but_cannot_keep_them_alive(tmp_path: Path) -> None:
