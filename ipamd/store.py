@@ -472,21 +472,23 @@ class Store:
         for raw_key, value in self._scan(prefix=keys.LEASE):
             yield keys.decode_lease(keys.decode_lease_key(raw_key), value), value
 
-    def suspect_keys(self, after: bytes | None, limit: int) -> tuple[list[LeaseKey], bytes | None]:
+    def suspect_keys(
+        self, after: bytes | None, limit: int, scan_limit: int = 20_000
+    ) -> tuple[list[LeaseKey], bytes | None]:
         """Up to `limit` keys of leases not made in the current boot, after the
-        raw key `after`; and where to go on from (None: the end). Bounded, so
-        the event loop can run between pages."""
+        raw key `after`, looking at `scan_limit` leases at most; and where to go
+        on from (None: the end). Bounded both ways, so the event loop runs
+        between pages even when suspects are few among many leases."""
         assert self.boot is not None
         prefix = keys.boot_prefix(self.boot)
         start = keys.LEASE if after is None else after + keys.SEP
         found: list[LeaseKey] = []
-        last = None
-        for raw_key, value in self.db.iterator(start=start, stop=_LEASES_END):
-            last = raw_key
+        entries = self.db.iterator(start=start, stop=_LEASES_END)
+        for scanned, (raw_key, value) in enumerate(entries, 1):
             if not keys.made_in(value, prefix):
                 found.append(keys.decode_lease_key(raw_key))
-                if len(found) >= limit:
-                    return found, last
+            if len(found) >= limit or scanned >= scan_limit:
+                return found, raw_key
         return found, None
 
     def _scan(self, **options: Any) -> Iterator[Any]:

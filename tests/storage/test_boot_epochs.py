@@ -159,3 +159,25 @@ async def test_reclaim_waits_for_the_grace_and_spares_what_was_confirmed(
         f" {held['c'][0]}/16: made in boot one, not confirmed within reclaim_after_reboot"
         " (10m) of start"
     ]
+
+
+def test_suspect_keys_pages_are_bounded_and_cover_every_suspect(state_dir: Path) -> None:
+    made_in_boot_one(state_dir, *[f"old{i:02}" for i in range(7)])
+    store, allocator = boot_store(state_dir, "two")
+    try:
+        for i in range(5):  # current leases between the suspects
+            decide_and_write(store, allocator, alloc(f"new{i}"))
+        found: list[str] = []
+        after: bytes | None = None
+        pages = 0
+        while True:
+            keys, after = store.suspect_keys(after, limit=2, scan_limit=3)
+            assert len(keys) <= 2
+            found += [key.container_id for key in keys]
+            pages += 1
+            if after is None:
+                break
+        assert found == [f"old{i:02}" for i in range(7)]
+        assert pages >= 4
+    finally:
+        store.close()
