@@ -45,7 +45,8 @@ def libcni_runner(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "GO111MODULE": "off",
         "GOPATH": f"{build / 'gopath'}:/usr/share/gocode",
         "GOFLAGS": "",
-        "GOCACHE": os.environ.get("GOCACHE", str(Path.home() / ".cache" / "go-build")),
+        # A cache of its own unless one is given: CI may run without a $HOME.
+        "GOCACHE": os.environ.get("GOCACHE") or str(build / "gocache"),
         "CGO_ENABLED": "0",
     }
     done = subprocess.run(
