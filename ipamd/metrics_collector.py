@@ -16,7 +16,7 @@ Rules it keeps:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import (
@@ -105,36 +105,28 @@ class IpamdCollector(Collector):
 
     def _requests(self) -> Iterator[Metric]:
         counters = self.service.counters
-        allocations = CounterMetricFamily(
+        yield per_network(
             "ipamd_allocations",
             "Successful alloc answers, once per network the request named"
             " (a retried alloc that returns the lease already held counts again).",
-            labels=("network",),
+            counters.allocations,
         )
-        for network, count in sorted(counters.allocations.items()):
-            allocations.add_metric((network,), count)
-        releases = CounterMetricFamily(
+        yield per_network(
             "ipamd_releases",
             "Successful release answers that released at least one lease on the network.",
-            labels=("network",),
+            counters.releases,
         )
-        for network, count in sorted(counters.releases.items()):
-            releases.add_metric((network,), count)
-        gc_released = CounterMetricFamily(
+        yield per_network(
             "ipamd_gc_released_leases",
             "Leases released by gc (dry runs not counted).",
-            labels=("network",),
+            counters.gc_released,
         )
-        for network, count in sorted(counters.gc_released.items()):
-            gc_released.add_metric((network,), count)
-        reclaimed = CounterMetricFamily(
+        yield per_network(
             "ipamd_reclaimed_leases",
             "Suspect leases released because [leases] reclaim_after_reboot passed"
             " without a confirmation.",
-            labels=("network",),
+            counters.reclaimed,
         )
-        for network, count in sorted(counters.reclaimed.items()):
-            reclaimed.add_metric((network,), count)
         errors = CounterMetricFamily(
             "ipamd_errors",
             "Error answers by method and error name (DESIGN.md section 4); method is"
@@ -144,7 +136,7 @@ class IpamdCollector(Collector):
         )
         for (method, error), count in sorted(counters.errors.items()):
             errors.add_metric((method, error), count)
-        yield from (allocations, releases, gc_released, reclaimed, errors)
+        yield errors
         yield histogram(
             "ipamd_alloc_duration_seconds",
             "alloc requests, from when the daemon read the request to when it wrote"
@@ -200,6 +192,13 @@ class IpamdCollector(Collector):
             "Client connections closed at once because max_connections were open.",
             value=server.refused,
         )
+
+
+def per_network(name: str, documentation: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=("network",))
+    for network, count in sorted(counts.items()):
+        family.add_metric((network,), count)
+    return family
 
 
 def histogram(name: str, documentation: str, values: Histogram) -> HistogramMetricFamily:
