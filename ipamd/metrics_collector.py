@@ -45,6 +45,7 @@ class IpamdCollector(Collector):
         yield from self._requests()
         yield from self._writer()
         yield from self._connections()
+        yield from self._cluster()
 
     def _state(self) -> Iterator[Metric]:
         size = GaugeMetricFamily(
@@ -191,6 +192,34 @@ class IpamdCollector(Collector):
             "ipamd_connections_refused",
             "Client connections closed at once because max_connections were open.",
             value=server.refused,
+        )
+
+    def _cluster(self) -> Iterator[Metric]:
+        """Only with a [cluster] config. Blocks as the writer holds them: a claim
+        counts once decided, with (at most) its group's sync still to come."""
+        frontend = self.service.cluster
+        if frontend is None:
+            return
+        node = frontend.node
+        committed = self.service.writer.committed
+        blocks = GaugeMetricFamily(
+            "ipamd_cluster_blocks",
+            "Blocks of the cluster network this host owns (hands out addresses from).",
+            labels=("network",),
+        )
+        for name in sorted(node.local.owned):
+            if name in committed:
+                blocks.add_metric((name,), len(node.local.owned[name]))
+        yield blocks
+        yield CounterMetricFamily(
+            "ipamd_cluster_block_claims",
+            "Blocks this host claimed in etcd since it started.",
+            value=node.claims,
+        )
+        yield GaugeMetricFamily(
+            "ipamd_cluster_etcd_up",
+            "1 when the last call to etcd was answered, 0 when none answered or none was made yet.",
+            value=1 if node.etcd.reachable else 0,
         )
 
 

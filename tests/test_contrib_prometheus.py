@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.test_metrics import EXPECTED_TYPES
+from tests.daemon.test_metrics import CLUSTER_TYPES, EXPECTED_TYPES
 
 CONTRIB = Path(__file__).resolve().parents[1] / "contrib" / "prometheus"
 RULES = CONTRIB / "ipamd-alerts.yml"
@@ -40,7 +40,7 @@ def promtool(*args: str, cwd: Path = CONTRIB) -> subprocess.CompletedProcess[str
 
 def exposed_series_names() -> set[str]:
     names = set()
-    for name, kind in EXPECTED_TYPES.items():
+    for name, kind in {**EXPECTED_TYPES, **CLUSTER_TYPES}.items():
         if kind == "counter":
             names.add(f"{name}_total")
         elif kind == "histogram":
@@ -65,7 +65,7 @@ def dashboard_queries() -> list[str]:
 def test_alert_rules_pass_promtool_check() -> None:
     done = promtool("check", "rules", RULES.name)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 7 rules found" in done.stdout
 
 
 def test_alert_rules_unit_tests_pass() -> None:
