@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ipamd import __version__
@@ -240,4 +241,7 @@ def renderer(service: Service, server: Server) -> Callable[[], bytes]:
     """A function that renders the text exposition (format 0.0.4) of every ipamd metric."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(IpamdCollector(service, server))
+    # The standard process_* metrics (CPU, memory, open fds against the limit),
+    # from /proc/self; ipamd.service leaves /proc/self and /proc/stat readable.
+    ProcessCollector(registry=registry)
     return functools.partial(generate_latest, registry)
