@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "contrib" / "cni" / "build.sh"
 PLUGIN_ENV = "IPAMD_CNI_PLUGIN"  # a built plugin to use instead of building one
 TIMING_ENV = "IPAMD_CNI_TIMING"
-TIMING_PREFIX = "ipamd-cni timing: "
 SPLIT = ("start", "parse", "connect", "rpc", "exit")
 # Both plugins get a /16, so 5,000 leases fit with room for the ADDs.
 HOST_LOCAL_SUBNET = "10.210.0.0/16"

@@ -75,8 +75,9 @@ class LocalProtocolError(Exception):
 # Every type here is a NamedTuple, not a frozen dataclass as elsewhere in ipamd (STYLE.md
 # habit 3). The events, because one is built per frame and a frozen dataclass's __init__, which
 # sets each field through object.__setattr__, was a tenth of the cost of decoding a request.
-# All of them, because this module is on the path of every `ipamd-cni` exec, and importing
-# `dataclasses` (which imports `inspect`) cost that short-lived process about 10 ms of its 60.
+# All of them, because this module is on the blocking client's import path (ipamd-client,
+# and once the Python CNI plugin, exec'd per container), and importing `dataclasses` (which
+# imports `inspect`) cost such a short-lived process about 10 ms of its 60.
 # They are as immutable, with the same fields, repr and match arguments. They also compare as
 # tuples, so a Request equals a Response with the same three fields; a connection only ever
 # yields one of the two kinds, and nothing but tests compares events.

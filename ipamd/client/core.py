@@ -81,7 +81,7 @@ class ProtocolError(ConnectionFailed):
 
 class Reply(NamedTuple):
     """One answer from the daemon: `error` is None on success. (A NamedTuple, as
-    in ipamd.protocol: `ipamd-cni` imports this, and `dataclasses` is slow to import.)"""
+    in ipamd.protocol: short-lived clients import this, and `dataclasses` is slow to import.)"""
 
     msgid: int
     error: IpamError | None

@@ -1,4 +1,4 @@
-"""End to end: Debian's `bridge` CNI plugin calls ipamd-cni as its IPAM plugin.
+"""End to end: Debian's `bridge` CNI plugin calls ipamd's (contrib/cni/) as its IPAM plugin.
 
 Three network namespaces of the test's own: one plays the host (the bridge
 plugin runs inside it, so the machine's own network is never touched) and two
@@ -180,7 +180,7 @@ def test_bridge_plugin_with_ipamd_ipam(
     target = address[two].split("/")[0]
     assert tcp_reaches(one, two, target) == f"hello from {target}"
 
-    # CHECK through the bridge plugin, which hands prevResult on to ipamd-cni.
+    # CHECK through the bridge plugin, which hands prevResult on to ipamd's plugin.
     checked = runtime.run("CHECK", one, prev_result=results[one])
     assert checked.returncode == 0, checked
 
