@@ -37,6 +37,7 @@ from ipamd import exits
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import IPAddress, Network
+from ipamd.environment import xdg_warnings
 from ipamd.paths import default_state_dir
 from ipamd.store import (
     CorruptDatabase,
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (64): a status, not an exit
         return e.code if isinstance(e.code, int) else exits.USAGE
+    if args.state_dir is None:
+        for warning in xdg_warnings():
+            print(f"ipamd check: warning: {warning}", file=sys.stderr)
     state_dir: Path = args.state_dir or default_state_dir()
     if args.cluster:
         # The local check first: blocks are checked on top of a sound database.

@@ -75,15 +75,21 @@ def read_environment(environ: Mapping[str, str] = os.environ) -> StartEnvironmen
             f"JOURNAL_STREAM={stream!r} is not DEVICE:INODE: ignored, stderr is not taken"
             " for the journal"
         )
-    if os.geteuid() != 0:
-        for name in (paths.XDG_RUNTIME_DIR, paths.XDG_STATE_HOME):
-            value = environ.get(name, "")
-            if value and paths.xdg_dir(environ, name) is None:
-                warnings.append(
-                    f"{name}={value!r} is not an absolute path: ignored, as the XDG Base"
-                    " Directory spec says"
-                )
+    warnings += xdg_warnings(environ)
     return StartEnvironment(passed, interval, tuple(warnings))
+
+
+def xdg_warnings(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """One line per XDG variable the defaults ignore (relative), for users other than
+    root; `ipamd check` says the same, as it picks the same state dir."""
+    if os.geteuid() == 0:
+        return []
+    return [
+        f"{name}={environ[name]!r} is not an absolute path: ignored, as the XDG Base"
+        " Directory spec says"
+        for name in (paths.XDG_RUNTIME_DIR, paths.XDG_STATE_HOME)
+        if environ.get(name) and paths.xdg_dir(environ, name) is None
+    ]
 
 
 def _is_device_inode(text: str) -> bool:

@@ -57,11 +57,9 @@ class MutationLog:
     def record(self, method: str, subject: str, caller: str, outcome: str) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
-        stamp = f"{iso_now()} " if self._timed else ""
-        line = (
-            f"{self._prefix}{stamp}INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n"
-        )
-        self._lines.append(line)
+        # Off the journal the time goes in front when the burst is written: one
+        # clock read per burst (the burst's lines are answered within one batch).
+        self._lines.append(f"INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n")
         if not self._running:
             self.flush()
         elif len(self._lines) == 1:
@@ -72,8 +70,9 @@ class MutationLog:
             return
         lines, self._lines = self._lines, []
         stream = self._stream or sys.stderr
+        prefix = f"{iso_now()} " if self._timed else self._prefix
         try:
-            stream.write("".join(lines))
+            stream.write(prefix + prefix.join(lines))
             stream.flush()
         except (OSError, ValueError):  # stderr gone: logging would drop it too
             pass

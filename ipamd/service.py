@@ -462,11 +462,11 @@ def _outcome(method: str, result: Any) -> str:
     release took back, so that grepping the log for an address finds them."""
     if method == "alloc":
         held = [
-            f"{name} {' '.join(ip['address'] for ip in attachment['ips'])}"
+            name + " " + " ".join([ip["address"] for ip in attachment["ips"]])
             for name, attachment in result["networks"].items()
             if attachment["ips"]
         ]
-        return f"ok: {'; '.join(held)}" if held else "ok"
+        return "ok: " + "; ".join(held) if held else "ok"
     if method == "release":
         released = [f"{name} {' '.join(ips)}" for name, ips in result["released"].items() if ips]
         return f"ok: released {'; '.join(released)}" if released else "ok: nothing held"

@@ -29,7 +29,7 @@ from typing import Protocol
 
 from ipamd.core.freeranges import FreeRanges
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.network import DEFAULT_DRIVER, IPAddress, Network, Subnet
+from ipamd.core.network import IPAddress, Network, Subnet, check_creatable
 from ipamd.core.requests import (
     AllocRequest,
     Attachment,
@@ -171,13 +171,7 @@ class Allocator:
     # -- networks --------------------------------------------------------
 
     def create_network(self, network: Network) -> tuple[Network, list[Change]]:
-        if network.driver == DEFAULT_DRIVER and not network.subnets:
-            # Checked at create only: a network stored before this rule still loads.
-            raise InvalidRequest(
-                f"network {network.name} has driver {DEFAULT_DRIVER} but no subnets, so ipamd"
-                " would answer every alloc on it with no address: give it a subnet (or"
-                " another driver, for which ipamd records the network and allocates nothing)"
-            )
+        check_creatable(network)
         existing = self.pools.get(network.name)
         if existing is not None:
             if existing.network == network:

@@ -465,3 +465,15 @@ def _with_block_prefix(subnet: Subnet) -> Subnet:
         return subnet
     prefix = max(DEFAULT_BLOCK_PREFIX[subnet.cidr.version], subnet.cidr.prefixlen)
     return dataclasses.replace(subnet, block_prefix=prefix)
+
+
+def check_creatable(network: Network) -> None:
+    """Refuse, at create only, a definition that would misbehave: a host-local network
+    without subnets answers every alloc with no address. (A network stored before
+    this rule still loads: `Network.from_wire` does not ask.)"""
+    if network.driver == DEFAULT_DRIVER and not network.subnets:
+        raise InvalidRequest(
+            f"network {network.name} has driver {DEFAULT_DRIVER} but no subnets, so ipamd"
+            " would answer every alloc on it with no address: give it a subnet (or"
+            " another driver, for which ipamd records the network and allocates nothing)"
+        )

@@ -17,7 +17,13 @@ from ipamd.core.lease import (
     validate_container_id,
     validate_ifname,
 )
-from ipamd.core.network import IPAddress, Network, parse_address, validate_name
+from ipamd.core.network import (
+    IPAddress,
+    Network,
+    check_creatable,
+    parse_address,
+    validate_name,
+)
 from ipamd.errors import InvalidRequest
 
 # One request may name this many networks; more is a mistake, not a plan.
@@ -221,6 +227,11 @@ class ReclaimRequest:
 @dataclass(frozen=True, slots=True)
 class CreateNetworkRequest:
     network: Network
+
+    def __post_init__(self) -> None:
+        # Here, not only in the allocator: the writer answers an identical create
+        # of a stored network without asking the allocator.
+        check_creatable(self.network)
 
     @classmethod
     def from_wire(cls, params: dict[str, Any]) -> CreateNetworkRequest:

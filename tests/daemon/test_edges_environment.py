@@ -202,6 +202,7 @@ def test_a_relative_xdg_state_home_is_ignored_by_the_daemon_and_check_alike() ->
         checked.join(60)
         assert checked.exitcode == 0, (home / "err").read_text()
         assert (home / "out").read_text().strip() == "ok: 1 networks, 0 leases"
+        assert "warning: XDG_STATE_HOME='rel' is not an absolute path" in (home / "err").read_text()
     finally:
         remove_tree(home)
 

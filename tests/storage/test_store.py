@@ -14,8 +14,10 @@ import pytest
 
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.core.requests import GcRequest, ReleaseRequest
-from ipamd.core.view import Change, DeleteLease, PendingLeases
+from ipamd.core.network import Network
+from ipamd.core.requests import CreateNetworkRequest, GcRequest, ReleaseRequest
+from ipamd.core.view import Change, DeleteLease, PendingLeases, PutNetwork
+from ipamd.errors import InvalidRequest
 from ipamd.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
@@ -337,5 +339,20 @@ def test_tables_written_without_filters_are_read_as_before(state_dir: Path) -> N
     try:
         assert all(store.lease(key) is not None for key in held)
         assert store.lease(LeaseKey(NET, "never-seen")) is None
+    finally:
+        store.close()
+
+
+def test_a_host_local_network_stored_without_subnets_still_loads(state_dir: Path) -> None:
+    """Refused at create now (issue 14), but a database from before that rule opens."""
+    legacy = Network.from_wire({"name": "legacy"})
+    store, _ = open_store(state_dir)
+    store.write([PutNetwork(legacy)])
+    store.close()
+    store, allocator = open_store(state_dir)
+    try:
+        assert allocator.pools["legacy"].network == legacy
+        with pytest.raises(InvalidRequest, match="network legacy has driver host-local but no"):
+            CreateNetworkRequest(legacy)
     finally:
         store.close()
