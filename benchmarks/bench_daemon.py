@@ -612,20 +612,6 @@ def ensure_host_local() -> str | None:
     return None if HOST_LOCAL.exists() else f"{HOST_LOCAL} is missing"
 
 
-def prefill_host_local(data_dir: Path, leases: int) -> None:
-    """`leases` leases in host-local's own on-disk format (one file per address)."""
-    net_dir = data_dir / "bench"
-    net_dir.mkdir(parents=True)
-    (net_dir / "lock").touch()
-    base = int(ipaddress.ip_address("10.200.0.2"))  # .1 is host-local's default gateway
-    last = None
-    for i in range(leases):
-        last = ipaddress.ip_address(base + i)
-        (net_dir / str(last)).write_text(f"prefill{i:06d}\r\neth0")
-    if last is not None:
-        (net_dir / "last_reserved_ip.0").write_text(str(last))
-
-
 def exec_cni(
     binary: list[str], command: str, container: str, conf: bytes, env: dict[str, str]
 ) -> float:
@@ -705,7 +691,7 @@ def bench_host_local(root: Path, sizes: Sizes, results: dict[str, Any]) -> None:
         for leases, count in sizes.hostlocal_ops.items():
             for workers in (1, 8):
                 data_dir = root / f"host-local-{rep}-{leases}-{workers}"
-                prefill_host_local(data_dir, leases)
+                cni_exec.prefill_host_local(data_dir, "bench", HOST_LOCAL_SUBNET, leases)
                 conf = hostlocal_conf(data_dir)
                 prefix = f"hl{rep}w{workers}-"
                 for command in ("ADD", "DEL"):
