@@ -37,12 +37,12 @@ import trio  # noqa: E402
 from ipamd.config import Config, Limits  # noqa: E402
 from ipamd.core.network import Network  # noqa: E402
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest  # noqa: E402
-from ipamd.instruments import LATENCY_BUCKETS_S, Histogram, RequestCounters  # noqa: E402
-from ipamd.metrics import Metrics  # noqa: E402
-from ipamd.server import Server  # noqa: E402
-from ipamd.service import Service  # noqa: E402
-from ipamd.store import Store  # noqa: E402
-from ipamd.writer import Writer  # noqa: E402
+from ipamd.daemon.server import Server  # noqa: E402
+from ipamd.daemon.service import Service  # noqa: E402
+from ipamd.daemon.writer import Writer  # noqa: E402
+from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram, RequestCounters  # noqa: E402
+from ipamd.metrics.text import Metrics  # noqa: E402
+from ipamd.storage.store import Store  # noqa: E402
 
 NETWORK_COUNTS = (1, 10, 100)
 LEASES_PER_NETWORK = 20

@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ipamd.errors import NetworkNotFound  # noqa: E402
-from ipamd.protocol import NEED_DATA, RpcConnection  # noqa: E402
+from ipamd.wire.protocol import NEED_DATA, RpcConnection  # noqa: E402
 
 ALLOC_RESULT = {
     "container_id": "c00000001",

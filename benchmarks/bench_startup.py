@@ -42,7 +42,7 @@ import plyvel
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import Network
-from ipamd.store import DB_DIRNAME
+from ipamd.storage.store import DB_DIRNAME
 
 NETWORK_NAME = "big"
 SUBNET = "10.32.0.0/11"  # 2,097,150 host addresses: room for 1M leases with holes

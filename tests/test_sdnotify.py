@@ -1,4 +1,4 @@
-"""ipamd.sdnotify against real sockets, fds and processes.
+"""ipamd.daemon.sdnotify against real sockets, fds and processes.
 
 notify() sends to a datagram socket that the test binds, both on a path and
 in the abstract namespace. listen_fds() is tested in a child interpreter
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ipamd import sdnotify
+from ipamd.daemon import sdnotify
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ def test_notify_rejects_empty_message(
 CHILD = textwrap.dedent(
     """
     import fcntl, json, os, sys
-    from ipamd import sdnotify
+    from ipamd.daemon import sdnotify
 
     given = [int(arg) for arg in sys.argv[1:]]
     # Park the fds above the target range first, so that moving one onto

@@ -1,8 +1,8 @@
-"""The STATUS= text that `systemctl status ipamd` shows (ipamd/status_line.py)."""
+"""The STATUS= text that `systemctl status ipamd` shows (ipamd/daemon/status_line.py)."""
 
 from __future__ import annotations
 
-from ipamd.status_line import status_text
+from ipamd.daemon.status_line import status_text
 
 STATUS = {"networks": 2, "leases": 41, "connections": 3, "mutations": 57, "failed_writes": 0}
 

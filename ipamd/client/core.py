@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
 
 from ipamd.errors import IpamError, error_from_wire
-from ipamd.protocol import (
+from ipamd.wire.protocol import (
     MSGID_MAX,
     NEED_DATA,
     Limits,
@@ -80,8 +80,8 @@ class ProtocolError(ConnectionFailed):
 
 
 class Reply(NamedTuple):
-    """One answer from the daemon: `error` is None on success. (A NamedTuple, as
-    in ipamd.protocol: short-lived clients import this, and `dataclasses` is slow to import.)"""
+    """One answer from the daemon: `error` is None on success. (A NamedTuple, as in
+    ipamd.wire.protocol: short-lived clients import this, and `dataclasses` is slow to import.)"""
 
     msgid: int
     error: IpamError | None

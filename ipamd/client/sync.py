@@ -28,7 +28,7 @@ from typing import Any, Final
 from ipamd.client import methods
 from ipamd.client.core import ClientCore, ConnectionFailed, Reply, RequestTimeout
 from ipamd.client.discovery import discover_socket
-from ipamd.protocol import NEED_DATA
+from ipamd.wire.protocol import NEED_DATA
 
 # Big enough that a page of 1000 leases arrives in a few reads.
 RECEIVE_BYTES: Final = 256 << 10

@@ -36,7 +36,7 @@ from ipamd.client import methods
 from ipamd.client.core import ClientCore, ConnectionFailed, Reply, RequestTimeout
 from ipamd.client.discovery import discover_socket
 from ipamd.errors import IpamError, error_from_wire
-from ipamd.protocol import NEED_DATA
+from ipamd.wire.protocol import NEED_DATA
 
 RECEIVE_BYTES: Final = 256 << 10
 

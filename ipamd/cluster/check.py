@@ -27,7 +27,7 @@ from ipamd.cluster.local import OwnedBlock
 from ipamd.config import ClusterConfig
 from ipamd.core import keys
 from ipamd.core.network import IPNetwork, Network
-from ipamd.store import Store
+from ipamd.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from ipamd import exits
 from ipamd.cluster.check import check_cluster
 from ipamd.cluster.etcd import EtcdError, EtcdUnreachable
 from ipamd.config import ConfigError, load_config
-from ipamd.store import CorruptDatabase, StoreUnavailable
+from ipamd.storage.store import CorruptDatabase, StoreUnavailable
 
 EXIT_OK = exits.OK
 EXIT_PROBLEMS = exits.FAILURE

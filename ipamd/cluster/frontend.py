@@ -22,8 +22,8 @@ from ipamd.core.requests import (
     Mutation,
     check_keys,
 )
+from ipamd.daemon.writer import OnDone
 from ipamd.errors import InvalidRequest, IpamError, Unavailable
-from ipamd.writer import OnDone
 
 log = logging.getLogger("ipamd.cluster")
 

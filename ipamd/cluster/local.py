@@ -31,8 +31,8 @@ from ipamd.core import keys
 from ipamd.core.allocator import Allocator, NetworkPool, SubnetPool
 from ipamd.core.network import IPNetwork
 from ipamd.core.view import Change, DeleteEntry, PendingLeases, PutEntry
-from ipamd.store import Store
-from ipamd.writer import ExtensionMutation
+from ipamd.daemon.writer import ExtensionMutation
+from ipamd.storage.store import Store
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from ipamd.config import ClusterConfig
 from ipamd.core.lease import LeaseKey
 from ipamd.core.network import IPAddress, IPNetwork, Network
 from ipamd.core.requests import AllocRequest, CreateNetworkRequest
+from ipamd.daemon.writer import OnDone, Writer
 from ipamd.errors import (
     AddressInUse,
     InvalidRequest,
@@ -57,7 +58,6 @@ from ipamd.errors import (
     RangeExhausted,
     Unavailable,
 )
-from ipamd.writer import OnDone, Writer
 
 log = logging.getLogger("ipamd.cluster")
 

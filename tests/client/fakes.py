@@ -22,7 +22,7 @@ import socket
 import threading
 from pathlib import Path
 
-from ipamd.protocol import NEED_DATA, Request, RpcConnection, encode
+from ipamd.wire.protocol import NEED_DATA, Request, RpcConnection, encode
 
 REVERSE_BATCH = 10
 

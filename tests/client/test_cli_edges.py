@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ipamd.daemon.service import MUTATIONS
 from ipamd.errors import ERRORS_BY_CODE
-from ipamd.service import MUTATIONS
 from tests.daemon.edges import ipamd_client
 from tests.support import Daemon, RawClient, RpcError
 

@@ -17,7 +17,7 @@ from ipamd.client.core import (
     Reply,
 )
 from ipamd.errors import NetworkNotFound, RequestTooLarge
-from ipamd.protocol import MSGID_MAX, NEED_DATA
+from ipamd.wire.protocol import MSGID_MAX, NEED_DATA
 
 PATH = Path("/run/test/ipamd.sock")
 

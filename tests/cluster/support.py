@@ -314,7 +314,7 @@ def check_cluster(host: Host, etcd_prefix: str = "/ipamd") -> subprocess.Complet
         [
             sys.executable,
             "-m",
-            "ipamd.check",
+            "ipamd.storage.check",
             "--cluster",
             "--config",
             str(config),

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.check import main as check_main
-from ipamd.daemon import main as daemon_main
+from ipamd.daemon.main import main as daemon_main
+from ipamd.storage.check import main as check_main
 from tests.daemon.e2e import notify_receiver, receive_notifications
 from tests.daemon.edges import (
     IPAMD_CLIENT,

@@ -1,4 +1,4 @@
-"""Log lines carry their syslog priority when stderr is the journal (ipamd/journal.py).
+"""Log lines carry their syslog priority when stderr is the journal (ipamd/daemon/journal.py).
 
 The real daemon writes to a file standing in for journald's stream; the test
 sets JOURNAL_STREAM to that file's device and inode, as systemd does for the
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipamd.journal import PriorityFormatter, priority
+from ipamd.daemon.journal import PriorityFormatter, priority
 from tests.daemon.e2e import IPAMD_SCRIPT, write_config
 from tests.support import Daemon
 

@@ -180,7 +180,7 @@ def test_no_tcp_socket_without_metrics_config(daemon: Daemon) -> None:
 
 CHILD = """
 import fcntl, json, os, socket, sys
-from ipamd import sdnotify
+from ipamd.daemon import sdnotify
 
 count, names = int(sys.argv[1]), sys.argv[2]
 made = [socket.socket() for _ in range(count)]

@@ -16,8 +16,8 @@ import pytest
 import trio
 import trio.testing
 
-from ipamd import metrics_http
-from ipamd.metrics_http import MetricsEndpoint
+from ipamd.metrics import http as metrics_http
+from ipamd.metrics.http import MetricsEndpoint
 from tests.daemon.e2e import create_network
 from tests.daemon.metrics_support import http_request, metrics_daemon, parse, scrape
 from tests.support import Daemon

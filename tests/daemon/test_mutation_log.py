@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from ipamd.mutation_log import LOGGER_NAME, MutationLog
+from ipamd.daemon.mutation_log import LOGGER_NAME, MutationLog
 from tests.support import Daemon, RpcError
 
 

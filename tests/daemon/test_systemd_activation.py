@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.status_line import STATUS_REFRESH_S
+from ipamd.daemon.status_line import STATUS_REFRESH_S
 from tests.daemon.e2e import (
     IPAMD_SCRIPT,
     SocketActivator,

@@ -40,7 +40,7 @@ STALL_FLOOR_S = 0.15
 NEVER_READERS = 10
 PINGS = 300
 ALLOCS = 40
-# The daemon's SEND_TIMEOUT_S (ipamd/server.py): a client not reading for this long is cut off.
+# The daemon's SEND_TIMEOUT_S (ipamd/daemon/server.py): a client not reading this long is cut off.
 SEND_TIMEOUT_S = 10.0
 DAEMON_FDS = 64
 

@@ -1,4 +1,4 @@
-"""ipamd.leveldb_log: a torn log tail passes, a corrupted length field does not.
+"""ipamd.storage.leveldb_log: a torn log tail passes, a corrupted length field does not.
 
 The logs are real: written by LevelDB (plyvel) with synced puts, then cut or
 flipped here, bytes in, verdict out.
@@ -11,7 +11,7 @@ from pathlib import Path
 import plyvel
 import pytest
 
-from ipamd.leveldb_log import HEADER_SIZE, last_block_start, silently_dropped_tail
+from ipamd.storage.leveldb_log import HEADER_SIZE, last_block_start, silently_dropped_tail
 
 
 def records(data: bytes) -> list[tuple[int, int]]:

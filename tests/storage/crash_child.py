@@ -21,8 +21,8 @@ import trio
 
 from ipamd.core.network import Network
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest, ReleaseRequest
-from ipamd.store import Store
-from ipamd.writer import Writer
+from ipamd.daemon.writer import Writer
+from ipamd.storage.store import Store
 
 NETWORK = Network.from_wire(
     {"name": "crash", "subnets": [{"subnet": "10.64.0.0/12"}, {"subnet": "fd64::/64"}]}

@@ -17,7 +17,6 @@ from typing import Any
 
 import trio
 
-from ipamd.check import check
 from ipamd.core import keys
 from ipamd.core.allocator import Allocator
 from ipamd.core.lease import Lease, LeaseKey
@@ -30,8 +29,9 @@ from ipamd.core.requests import (
     ReleaseRequest,
 )
 from ipamd.core.view import Change, PendingLeases
-from ipamd.store import Store
-from ipamd.writer import Writer, snapshot
+from ipamd.daemon.writer import Writer, snapshot
+from ipamd.storage.check import check
+from ipamd.storage.store import Store
 
 NET = "net"
 NOW = 1_700_000_000

@@ -17,12 +17,12 @@ from ipamd.config import Config
 from ipamd.core.allocator import Allocator
 from ipamd.core.lease import LeaseKey
 from ipamd.core.requests import AllocRequest, Attachment, ConfirmRequest, GcRequest
+from ipamd.daemon.mutation_log import LOGGER_NAME, MutationLog
+from ipamd.daemon.service import Service
+from ipamd.daemon.suspects import reclaim_after_reboot
+from ipamd.daemon.writer import Writer
 from ipamd.errors import NetworkNotFound
-from ipamd.mutation_log import LOGGER_NAME, MutationLog
-from ipamd.service import Service
-from ipamd.store import Store
-from ipamd.suspects import reclaim_after_reboot
-from ipamd.writer import Writer
+from ipamd.storage.store import Store
 from tests.storage.storage_helpers import (
     NET,
     addresses_of,

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ipamd import check as check_module
-from ipamd.check import check, default_state_dir, main
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.storage import check as check_module
+from ipamd.storage.check import check, default_state_dir, main
+from ipamd.storage.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
     V4,

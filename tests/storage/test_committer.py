@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import trio
 
-from ipamd.committer import Committer
 from ipamd.errors import StorageError
+from ipamd.storage.committer import Committer
 
 
 class Recorder:

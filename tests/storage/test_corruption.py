@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.check import check, main
 from ipamd.core.lease import Lease, LeaseKey
-from ipamd.store import DB_DIRNAME, CorruptDatabase, Store, StoreUnavailable
+from ipamd.storage.check import check, main
+from ipamd.storage.store import DB_DIRNAME, CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
     V6,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from ipamd.check import check
-from ipamd.store import Store
+from ipamd.storage.check import check
+from ipamd.storage.store import Store
 from tests.storage.storage_helpers import seeded_random
 
 CHILD = Path(__file__).with_name("crash_child.py")

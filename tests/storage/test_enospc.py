@@ -21,9 +21,9 @@ import pytest
 import trio
 
 from ipamd.core.lease import LeaseKey
+from ipamd.daemon.writer import Writer
 from ipamd.errors import IpamError, StorageError
-from ipamd.store import Store
-from ipamd.writer import Writer
+from ipamd.storage.store import Store
 from tests.storage.storage_helpers import (
     NET,
     addresses_of,

@@ -18,7 +18,7 @@ from ipamd.core.network import Network
 from ipamd.core.requests import CreateNetworkRequest, GcRequest, ReleaseRequest
 from ipamd.core.view import Change, DeleteLease, PendingLeases, PutNetwork
 from ipamd.errors import InvalidRequest
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.storage.store import CorruptDatabase, Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
     NOW,

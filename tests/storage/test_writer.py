@@ -19,12 +19,12 @@ import pytest
 import trio
 import trio.testing
 
-import ipamd.writer
+import ipamd.daemon.writer
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.requests import DeleteNetworkRequest, Mutation, ReleaseRequest
+from ipamd.daemon.writer import NetworkSnapshot, Writer, WriterFailed, snapshot
 from ipamd.errors import IpamError, NetworkNotFound, StorageError, Unavailable
-from ipamd.store import Store, StoreUnavailable
-from ipamd.writer import NetworkSnapshot, Writer, WriterFailed, snapshot
+from ipamd.storage.store import Store, StoreUnavailable
 from tests.storage.storage_helpers import (
     NET,
     V4,
@@ -254,7 +254,7 @@ async def test_a_failed_reopen_refuses_reads_and_is_retried(state_dir: Path) -> 
 async def test_a_reopen_failing_for_too_long_stops_the_writer(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ipamd.writer, "REOPEN_GIVE_UP_S", -1.0)
+    monkeypatch.setattr(ipamd.daemon.writer, "REOPEN_GIVE_UP_S", -1.0)
     writer = flaky_writer(state_dir)
     store = flaky(writer)
     answers: list[Any] = []
@@ -377,7 +377,7 @@ async def test_a_lone_group_is_written_on_the_loops_thread_while_syncs_are_quick
 ) -> None:
     # "Quick" made generous, so that a loaded machine's real fsyncs still count as
     # quick; only the injected slow write below is not.
-    monkeypatch.setattr(ipamd.writer, "INLINE_SYNC_MAX_S", 0.25)
+    monkeypatch.setattr(ipamd.daemon.writer, "INLINE_SYNC_MAX_S", 0.25)
     writer = flaky_writer(state_dir, max_batch=1)
     store = flaky(writer)
     loop, committer = threading.current_thread().name, "ipamd-committer"

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 import plyvel
 
-from ipamd import leveldb_log, paths
+from ipamd import paths
 from ipamd.core import keys
 from ipamd.core.allocator import Allocator, NetworkPool, SubnetPool
 from ipamd.core.lease import Lease, LeaseKey
@@ -47,7 +47,8 @@ from ipamd.core.view import (
     SetCursor,
 )
 from ipamd.errors import InvalidRequest, StorageError, Unavailable
-from ipamd.lock_holder import lock_holder
+from ipamd.storage import leveldb_log
+from ipamd.storage.lock_holder import lock_holder
 
 log = logging.getLogger("ipamd.store")
 

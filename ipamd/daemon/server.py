@@ -48,20 +48,20 @@ from typing import Any
 import trio
 
 from ipamd.config import Limits
+from ipamd.daemon.peercred import peer_credentials
+from ipamd.daemon.service import PendingRead, Service
 from ipamd.errors import IpamError, Unavailable
-from ipamd.instruments import LATENCY_BUCKETS_S, Histogram
-from ipamd.peercred import peer_credentials
-from ipamd.protocol import (
+from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram
+from ipamd.wire.protocol import (
     NEED_DATA,
     Notification,
     ProtocolViolation,
     Request,
     RpcConnection,
 )
-from ipamd.protocol import (
+from ipamd.wire.protocol import (
     Limits as ProtocolLimits,
 )
-from ipamd.service import PendingRead, Service
 
 log = logging.getLogger("ipamd.server")
 

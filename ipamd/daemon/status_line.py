@@ -14,8 +14,8 @@ from typing import Any
 
 import trio
 
-from ipamd import sdnotify
-from ipamd.service import Service
+from ipamd.daemon import sdnotify
+from ipamd.daemon.service import Service
 
 STATUS_REFRESH_S = 1.0
 """How stale the line may be. A refresh adds up one count per network."""

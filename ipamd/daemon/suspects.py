@@ -28,8 +28,8 @@ from ipamd.core.requests import ReclaimRequest
 from ipamd.errors import IpamError
 
 if TYPE_CHECKING:
-    from ipamd.service import Service
-    from ipamd.writer import NetworkSnapshot
+    from ipamd.daemon.service import Service
+    from ipamd.daemon.writer import NetworkSnapshot
 
 log = logging.getLogger("ipamd.suspects")
 

@@ -18,8 +18,8 @@ from typing import TextIO
 
 import trio
 
-from ipamd import journal
-from ipamd.log_time import iso_now
+from ipamd.daemon import journal
+from ipamd.daemon.log_time import iso_now
 
 LOGGER_NAME = "ipamd.mutations"
 

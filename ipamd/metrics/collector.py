@@ -29,9 +29,9 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ipamd import __version__
-from ipamd.instruments import Histogram
-from ipamd.server import Server
-from ipamd.service import Service
+from ipamd.daemon.server import Server
+from ipamd.daemon.service import Service
+from ipamd.metrics.instruments import Histogram
 
 SUBNET_LABELS = ("network", "subnet")
 

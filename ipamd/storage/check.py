@@ -37,9 +37,9 @@ from ipamd import exits
 from ipamd.core import keys
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.network import IPAddress, Network
-from ipamd.environment import xdg_warnings
+from ipamd.daemon.environment import xdg_warnings
 from ipamd.paths import default_state_dir
-from ipamd.store import (
+from ipamd.storage.store import (
     CorruptDatabase,
     NotADatabase,
     SchemaTooOld,

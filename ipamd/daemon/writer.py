@@ -41,7 +41,6 @@ from typing import Any, Protocol
 
 import trio
 
-from ipamd.committer import Committer
 from ipamd.core.allocator import Allocator, NetworkPool, SubnetStats
 from ipamd.core.network import IPAddress, Network, address_text
 from ipamd.core.requests import (
@@ -64,8 +63,9 @@ from ipamd.core.view import (
     SetCursor,
 )
 from ipamd.errors import IpamError, StorageError, Unavailable
-from ipamd.instruments import GROUP_SIZE_BUCKETS, LATENCY_BUCKETS_S, Histogram
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.metrics.instruments import GROUP_SIZE_BUCKETS, LATENCY_BUCKETS_S, Histogram
+from ipamd.storage.committer import Committer
+from ipamd.storage.store import CorruptDatabase, Store, StoreUnavailable
 
 log = logging.getLogger("ipamd.writer")
 

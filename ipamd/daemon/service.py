@@ -5,7 +5,7 @@ answers once their batch is synced. Reads are answered here, synchronously,
 from the writer's `committed` snapshot and the store (LevelDB holds only synced
 data), so they never wait for the writer. Authorisation happens here too: the
 server passes in the caller's SO_PEERCRED credentials and, when allow_gids is
-set, its supplementary groups (ipamd/peercred.py).
+set, its supplementary groups (ipamd/daemon/peercred.py).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from ipamd.core.requests import (
     as_map,
     check_keys,
 )
+from ipamd.daemon.mutation_log import MutationLog
+from ipamd.daemon.suspects import stale_line, suspect_total
+from ipamd.daemon.writer import NetworkSnapshot, OnDone, Writer
 from ipamd.errors import (
     InvalidRequest,
     IpamError,
@@ -41,10 +44,7 @@ from ipamd.errors import (
     PermissionDenied,
     UnknownMethod,
 )
-from ipamd.instruments import RequestCounters
-from ipamd.mutation_log import MutationLog
-from ipamd.suspects import stale_line, suspect_total
-from ipamd.writer import NetworkSnapshot, OnDone, Writer
+from ipamd.metrics.instruments import RequestCounters
 
 log = logging.getLogger("ipamd.service")
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Peer:
     uid: int
     gid: int
     # Supplementary groups (SO_PEERGROUPS), read only when [auth] allow_gids
-    # could use them (ipamd/peercred.py).
+    # could use them (ipamd/daemon/peercred.py).
     groups: frozenset[int] = frozenset()
     # "pid=... uid=...", for the mutation log: built once per connection, not
     # once per mutation.

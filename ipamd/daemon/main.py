@@ -30,20 +30,21 @@ from pathlib import Path
 
 import trio
 
-from ipamd import __version__, exits, journal, paths, sdnotify
-from ipamd.boot import BootIdError, read_boot_id
+from ipamd import __version__, exits, paths
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
-from ipamd.environment import EnvironmentRefused, read_environment
+from ipamd.daemon import journal, sdnotify
+from ipamd.daemon.boot import BootIdError, read_boot_id
+from ipamd.daemon.environment import EnvironmentRefused, read_environment
+from ipamd.daemon.log_time import TimedFormatter
+from ipamd.daemon.server import Server
+from ipamd.daemon.service import Service
+from ipamd.daemon.status_line import StatusReporter
+from ipamd.daemon.suspects import reclaim_after_reboot, suspect_total
+from ipamd.daemon.writer import Writer, WriterFailed
 from ipamd.errors import IpamError, NetworkExists
-from ipamd.log_time import TimedFormatter
-from ipamd.metrics import Metrics
-from ipamd.server import Server
-from ipamd.service import Service
-from ipamd.status_line import StatusReporter
-from ipamd.store import CorruptDatabase, StateDirLocked, Store, StoreUnavailable
-from ipamd.suspects import reclaim_after_reboot, suspect_total
-from ipamd.writer import Writer, WriterFailed
+from ipamd.metrics.text import Metrics
+from ipamd.storage.store import CorruptDatabase, StateDirLocked, Store, StoreUnavailable
 
 log = logging.getLogger("ipamd")
 
@@ -191,7 +192,7 @@ async def run_daemon(
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await nursery.start(server.serve, trio.socket.from_stdlib_socket(listening))
                 if metrics_listening is not None:
-                    from ipamd.metrics_http import MetricsEndpoint
+                    from ipamd.metrics.http import MetricsEndpoint
 
                     metrics.prepare()  # the import, before READY rather than in a scrape
                     endpoint = MetricsEndpoint(metrics.render)
@@ -246,9 +247,9 @@ def setup_logging(level: str) -> None:
     """One line per record on stderr, whose format this function alone decides.
 
     When stderr is the journal, every line starts with its priority (`<3>` for
-    errors), which journald keeps for `journalctl -p err` (ipamd/journal.py);
+    errors), which journald keeps for `journalctl -p err` (ipamd/daemon/journal.py);
     the journal stamps entries itself. Anywhere else a line starts with its
-    ISO time (ipamd/log_time.py).
+    ISO time (ipamd/daemon/log_time.py).
     """
     fmt = "%(levelname)s %(name)s: %(message)s"
     if journal.stderr_is_journal():
@@ -263,11 +264,11 @@ def setup_logging(level: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["check"]:
-        from ipamd.check import main as check_main
+        from ipamd.storage.check import main as check_main
 
         return check_main(argv[1:])
     if argv[:1] == ["import"]:
-        from ipamd.importer import main as import_main
+        from ipamd.storage.importer import main as import_main
 
         return import_main(argv[1:])
     try:
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def bind_metrics_listen(address: tuple[str, int]) -> socket.socket:
     """`[metrics] listen`, bound (BindError, exit status 73, when it cannot be)."""
-    from ipamd.metrics_http import bind_metrics
+    from ipamd.metrics.http import bind_metrics
 
     host, port = address
     try:

@@ -27,7 +27,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ipamd import paths, sdnotify
+from ipamd import paths
+from ipamd.daemon import sdnotify
 
 
 class EnvironmentRefused(Exception):

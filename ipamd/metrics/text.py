@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ipamd.server import Server
-    from ipamd.service import Service
+    from ipamd.daemon.server import Server
+    from ipamd.daemon.service import Service
 
 # The Prometheus text format, version 0.0.4: what `render` returns.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,7 +27,7 @@ class Metrics:
 
     def prepare(self) -> None:
         if self._render is None:
-            from ipamd.metrics_collector import renderer
+            from ipamd.metrics.collector import renderer
 
             self._render = renderer(self._service, self._server)
 

@@ -35,7 +35,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipamd.boot import BootIdError, read_boot_id
 from ipamd.client.runtimes import SourceError, boot_time
 from ipamd.config import ConfigError, load_config
 from ipamd.core.allocator import Allocator, NetworkPool
@@ -43,9 +42,10 @@ from ipamd.core.lease import LeaseKey, validate_container_id, validate_ifname
 from ipamd.core.network import IPAddress
 from ipamd.core.requests import AllocRequest, Attachment
 from ipamd.core.view import Change, PendingLeases, SetCursor
+from ipamd.daemon.boot import BootIdError, read_boot_id
 from ipamd.errors import IpamError
-from ipamd.host_local import HostLocalError, Reservation, StateDir, locked_state_dir
-from ipamd.store import CorruptDatabase, Store, StoreUnavailable
+from ipamd.storage.host_local import HostLocalError, Reservation, StateDir, locked_state_dir
+from ipamd.storage.store import CorruptDatabase, Store, StoreUnavailable
 
 EXIT_OK = 0
 EXIT_SKIPPED = 1  # imported what could be; some reservations were skipped (listed)

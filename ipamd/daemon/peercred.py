@@ -25,7 +25,7 @@ import os
 import socket
 import struct
 
-from ipamd.service import Peer
+from ipamd.daemon.service import Peer
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 """Linux 4.13; Python's socket module does not name it. 59 on x86 and arm."""
