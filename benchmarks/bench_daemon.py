@@ -228,14 +228,21 @@ def wait_for_socket(server: Server, probe: Callable[[], None]) -> None:
     raise TimeoutError(f"{server.name} did not answer within {START_TIMEOUT_S}s")
 
 
-def start_ipamd(root: Path, config: Path | None = None) -> Server:
+def start_ipamd(
+    root: Path,
+    config: Path | None = None,
+    command: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """The daemon in `root`; `command` and `env` run another checkout's (bench_checkouts.py)."""
     sock, state, log_path = root / "ipamd.sock", root / "ipamd-state", root / "ipamd.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
-            [*ipamd_command(), "--socket", str(sock), "--state-dir", str(state)]
+            [*(command or ipamd_command()), "--socket", str(sock), "--state-dir", str(state)]
             + (["--config", str(config)] if config is not None else []),
             stdout=out,
             stderr=out,
+            env=env,
         )
     server = Server("ipamd", sock, proc, log_path)
 

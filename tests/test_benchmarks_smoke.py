@@ -24,9 +24,9 @@ HOST_LOCAL = Path("/usr/lib/cni/host-local")
 RUN_TIMEOUT_S = 600
 
 
-def run_quick(script: str, tmp_path: Path) -> dict[str, Any]:
+def run_quick(script: str, tmp_path: Path, *args: str) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick", "--json"],
+        [sys.executable, str(BENCHMARKS / script), *args, "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -160,3 +160,34 @@ def test_bench_cluster_quick_reports_every_figure(tmp_path: Path) -> None:
         "local_allocs_per_s_64",
         "cluster_allocs_per_s_64",
     )
+
+
+@pytest.mark.slow
+def test_bench_checkouts_quick_compares_two_trees(tmp_path: Path) -> None:
+    # This tree against itself: the figures exist and are positive; their ratio is noise.
+    figures = run_quick("bench_checkouts.py", tmp_path, str(ROOT), str(ROOT))
+    assert figures["quick"] is True
+    assert_positive(
+        figures,
+        "old_alloc_per_s",
+        "new_alloc_per_s",
+        "old_release_per_s",
+        "new_release_per_s",
+        "old_alloc_p99_ms",
+        "new_alloc_p99_ms",
+        "new_vs_old_64",
+        "p99_new_vs_old_64",
+        "release_new_vs_old_64",
+    )
+
+
+def test_bench_checkouts_refuses_a_directory_without_ipamd(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_checkouts.py"), str(ROOT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert f"{tmp_path}: not an ipamd checkout" in proc.stderr
