@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 import prometheus_client  # noqa: E402
 import trio  # noqa: E402
 
-from ipamd.config import Config, Limits  # noqa: E402
+from ipamd.config import Config  # noqa: E402
 from ipamd.core.network import Network  # noqa: E402
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest  # noqa: E402
 from ipamd.daemon.server import Server  # noqa: E402
@@ -43,6 +43,7 @@ from ipamd.daemon.writer import Writer  # noqa: E402
 from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram, RequestCounters  # noqa: E402
 from ipamd.metrics.text import Metrics  # noqa: E402
 from ipamd.storage.store import Store  # noqa: E402
+from ipamd.wire.limits import Limits  # noqa: E402
 
 NETWORK_COUNTS = (1, 10, 100)
 LEASES_PER_NETWORK = 20

@@ -19,27 +19,11 @@ from ipamd.core.network import NAME_PATTERN, Network
 from ipamd.daemon.boot import LeasesConfig, leases_config_from_toml
 from ipamd.errors import IpamError
 from ipamd.paths import default_socket_path, default_state_dir
+from ipamd.wire.limits import CONFIGURABLE, DEFAULT_LIMITS, Limits
 
 
 class ConfigError(Exception):
     """The configuration cannot be used (exit status 78)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    # 1 MiB: a request naming 64 networks with attributes is a few KiB.
-    max_frame_bytes: int = 1 << 20
-    # Items in one array of a request, e.g. gc's `valid` list. msgpack reserves
-    # room for up to 10,000 items as soon as it reads an array's header, so this
-    # bounds what a few bytes of a hostile frame can make the daemon allocate.
-    max_array_len: int = 4096
-    # Each connection costs a task and a file descriptor.
-    max_connections: int = 1024
-    # Pipelining beyond this only queues in our memory instead of the client's.
-    max_in_flight: int = 64
-    # An idle runtime reconnects in microseconds; a leaked client should not pin an fd forever.
-    idle_timeout_s: float = 300.0
-    max_batch: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +113,13 @@ def _parse(raw: dict[str, Any], socket: Path | None, state_dir: Path | None) -> 
     if not 0 <= socket_mode <= 0o777:
         raise ConfigError(f"socket_mode {mode_text!r} is out of range")
     auth = _table(raw, "auth", {"allow_uids", "allow_gids"})
-    limits_raw = _table(raw, "limits", set(Limits.__dataclass_fields__))
-    limits = Limits(
-        **{
-            key: _number(limits_raw, key, getattr(Limits(), key))
-            for key in Limits.__dataclass_fields__
-        }
-    )
+    limits_raw = _table(raw, "limits", set(CONFIGURABLE))
+    try:
+        limits = Limits(
+            **{key: _number(limits_raw, key, getattr(DEFAULT_LIMITS, key)) for key in CONFIGURABLE}
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     try:
         leases = leases_config_from_toml(
             _table(raw, "leases", {"boot_id_path", "reclaim_after_reboot"})

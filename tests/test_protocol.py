@@ -26,10 +26,10 @@ from ipamd.errors import (  # noqa: E402
     RequestTooLarge,
     error_from_wire,
 )
+from ipamd.wire.limits import Limits  # noqa: E402
 from ipamd.wire.protocol import (  # noqa: E402
     MSGID_MAX,
     NEED_DATA,
-    Limits,
     LocalProtocolError,
     Notification,
     ProtocolViolation,
@@ -208,6 +208,13 @@ def test_bad_role_and_limits_are_refused() -> None:
         Limits(max_depth=0)
     with pytest.raises(ValueError, match="max_str_len"):
         Limits(max_str_len=-1)
+    with pytest.raises(ValueError, match="idle_timeout_s"):
+        Limits(idle_timeout_s=0)
+
+
+def test_events_of_different_kinds_never_compare_equal() -> None:
+    assert Request(1, "ping", {}) == Request(1, "ping", {})
+    assert Request(1, "ping", {}) != Response(1, "ping", {})  # type: ignore[arg-type]
 
 
 # -- chunking -------------------------------------------------------------------------------------

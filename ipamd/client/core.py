@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple
 
 from ipamd.errors import IpamError, error_from_wire
+from ipamd.wire.limits import Limits
 from ipamd.wire.protocol import (
     MSGID_MAX,
     NEED_DATA,
-    Limits,
     NeedData,
     ProtocolViolation,
     Response,

@@ -47,20 +47,17 @@ from typing import Any
 
 import trio
 
-from ipamd.config import Limits
 from ipamd.daemon.peercred import peer_credentials
 from ipamd.daemon.service import PendingRead, Service
 from ipamd.errors import IpamError, Unavailable
 from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram
+from ipamd.wire.limits import Limits
 from ipamd.wire.protocol import (
     NEED_DATA,
     Notification,
     ProtocolViolation,
     Request,
     RpcConnection,
-)
-from ipamd.wire.protocol import (
-    Limits as ProtocolLimits,
 )
 
 log = logging.getLogger("ipamd.server")
@@ -91,9 +88,6 @@ class Server:
     def __init__(self, service: Service, limits: Limits) -> None:
         self.service = service
         self.limits = limits
-        self.protocol_limits = ProtocolLimits(
-            max_frame_bytes=limits.max_frame_bytes, max_array_len=limits.max_array_len
-        )
         self.in_flight = 0
         self._epoll = select.epoll()
         self._by_fd: dict[int, Connection] = {}
@@ -263,7 +257,7 @@ class Connection:
         self.fd = sock.fileno()
         # Groups cost a second getsockopt: only when allow_gids can use them.
         self.peer = peer_credentials(sock, with_groups=bool(self.service.config.allow_gids))
-        self.rpc = RpcConnection("server", server.protocol_limits)
+        self.rpc = RpcConnection("server", server.limits)
         self.max_in_flight = server.limits.max_in_flight
         self.in_flight = 0
         self.outbox: list[bytes] = []

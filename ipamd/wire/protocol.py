@@ -31,11 +31,13 @@ Rules it keeps:
 from __future__ import annotations
 
 import enum
-from typing import Any, Final, Literal, NamedTuple, TypeAlias, TypeGuard
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import msgpack
 
 from ipamd.errors import InvalidRequest, IpamError, RequestTooLarge
+from ipamd.wire.limits import DEFAULT_LIMITS, Limits
 
 REQUEST: Final = 0
 RESPONSE: Final = 1
@@ -72,68 +74,28 @@ class LocalProtocolError(Exception):
     """
 
 
-# Every type here is a NamedTuple, not a frozen dataclass as elsewhere in ipamd (STYLE.md
-# habit 3). The events, because one is built per frame and a frozen dataclass's __init__, which
-# sets each field through object.__setattr__, was a tenth of the cost of decoding a request.
-# All of them, because this module is on the blocking client's import path (ipamd-client,
-# and once the Python CNI plugin, exec'd per container), and importing `dataclasses` (which
-# imports `inspect`) cost such a short-lived process about 10 ms of its 60.
-# They are as immutable, with the same fields, repr and match arguments. They also compare as
-# tuples, so a Request equals a Response with the same three fields; a connection only ever
-# yields one of the two kinds, and nothing but tests compares events.
-
-
-class _LimitFields(NamedTuple):
-    # A request is well under 1 KiB and a page of leases tens of KiB: 1 MiB is generous.
-    max_frame_bytes: int = 1024 * 1024
-    # Names, container ids, addresses and error messages are short; refuse a fat string outright.
-    max_str_len: int = 64 * 1024
-    # Nothing on this wire is bin, but a stray one should fail a method's type check, not the link.
-    max_bin_len: int = 64 * 1024
-    # msgpack preallocates min(n, 10000) slots at each array header, nested up to 1024 deep
-    # before max_depth can be checked: 4096 caps that at 32 MiB where 10000 would allow 80 MiB.
-    max_array_len: int = 4096
-    # Maps are not preallocated; this only refuses an absurd header early.
-    max_map_len: int = 64 * 1024
-    # Our deepest message (an alloc result: frame, result, networks, NAME, ips, ip) nests 6.
-    max_depth: int = 32
-
-
-class Limits(_LimitFields):
-    """Bounds on what a peer may make us decode; validated once, trusted after."""
-
-    __slots__ = ()
-
-    def __new__(cls, *args: int, **kwargs: int) -> Limits:
-        limits = super().__new__(cls, *args, **kwargs)
-        for name, value in limits._asdict().items():
-            least = 1 if name in ("max_frame_bytes", "max_depth") else 0
-            if not _is_int(value) or value < least:
-                raise ValueError(f"Limits.{name} must be an int >= {least}, got {value!r}")
-        return limits
-
-
-DEFAULT_LIMITS: Final = Limits()
-
-
-class Request(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Request:
     msgid: int
     method: str
     params: dict[str, Any]
 
 
-class Notification(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Notification:
     method: str
     params: dict[str, Any]
 
 
-class Response(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Response:
     msgid: int
     error: dict[str, Any] | None
     result: Any
 
 
-class ProtocolViolation(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
     """A frame the peer got wrong.
 
     The server answers `error` to `msgid` when msgid is not None, and closes the
