@@ -36,7 +36,6 @@ from ipamd.wire.protocol import (  # noqa: E402
     Request,
     Response,
     RpcConnection,
-    as_map,
     encode,
 )
 
@@ -330,15 +329,6 @@ def test_client_role_wrong_shapes() -> None:
     assert "response error must be a map, got string 'boom'" in events[4].error.message
     # An empty array where the error map goes is an empty map, as anywhere else.
     assert events[5:] == [Response(6, {}, None), Response(7, None, [1, 2])]
-
-
-def test_as_map_helper() -> None:
-    assert as_map([], "attributes") == {}
-    assert as_map({"a": "b"}, "attributes") == {"a": "b"}
-    with pytest.raises(InvalidRequest, match="attributes must be a map, got an array of 1 items"):
-        as_map(["x"], "attributes")
-    with pytest.raises(InvalidRequest, match="attributes keys must be strings, got integer 1"):
-        as_map({1: "x"}, "attributes")
 
 
 # -- undecodable bytes and limits: fatal ----------------------------------------------------------

@@ -25,6 +25,7 @@ from ipamd.core.network import (
     validate_name,
 )
 from ipamd.errors import InvalidRequest
+from ipamd.wire.values import as_map, as_optional_map
 
 # One request may name this many networks; more is a mistake, not a plan.
 MAX_NETWORKS_PER_REQUEST = 64
@@ -41,22 +42,11 @@ GC_VALID_KEYS = frozenset({"container_id", "ifname"})
 DELETE_NETWORK_KEYS = frozenset({"name", "force"})
 
 
-def as_map(value: Any, what: str) -> dict[str, Any]:
-    """A map, or an empty array standing for one (Lua's encoders can't tell them apart)."""
-    if isinstance(value, dict):
-        return value
-    if value is None or (isinstance(value, list) and not value):
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{what} must be a map, got {value!r}")
-    return value
-
-
 def network_options(raw: Any, network: str) -> dict[str, Any]:
-    """The options map of one network in a request (the message is built only on error)."""
-    if isinstance(raw, dict):
+    """The options map of one network in a request; nil options mean the defaults."""
+    if isinstance(raw, dict):  # the usual case: no message to build
         return raw
-    return as_map(raw, f"options of network {network}")
+    return as_optional_map(raw, f"options of network {network}")
 
 
 def check_keys(params: dict[str, Any], allowed: Set[str], what: str) -> None:
@@ -131,7 +121,7 @@ class AllocRequest(NamedTuple):
     def from_wire(cls, params: dict[str, Any]) -> AllocRequest:
         check_keys(params, ALLOC_KEYS, "alloc")
         container_id = validate_container_id(params.get("container_id"))
-        raw_networks = as_map(params.get("networks"), "networks")
+        raw_networks = as_optional_map(params.get("networks"), "networks")
         if not raw_networks:
             raise InvalidRequest("alloc needs at least one network in networks")
         if len(raw_networks) > MAX_NETWORKS_PER_REQUEST:

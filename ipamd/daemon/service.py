@@ -30,7 +30,6 @@ from ipamd.core.requests import (
     GcRequest,
     Mutation,
     ReleaseRequest,
-    as_map,
     check_keys,
 )
 from ipamd.daemon.mutation_log import MutationLog
@@ -45,6 +44,7 @@ from ipamd.errors import (
     UnknownMethod,
 )
 from ipamd.metrics.instruments import RequestCounters
+from ipamd.wire.values import as_map, as_optional_map
 
 log = logging.getLogger("ipamd.service")
 if TYPE_CHECKING:
@@ -435,7 +435,7 @@ def _network_filter(value: Any) -> dict[str, str | None] | None:
         return {validate_name(v): None for v in value}
     out: dict[str, str | None] = {}
     for name, options in as_map(value, "networks").items():
-        options = as_map(options, f"options of network {name}")
+        options = as_optional_map(options, f"options of network {name}")
         check_keys(options, {"ifname"}, "network option")
         ifname = options.get("ifname")
         out[validate_name(name)] = None if ifname is None else validate_ifname(ifname)

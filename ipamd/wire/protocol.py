@@ -38,6 +38,7 @@ import msgpack
 
 from ipamd.errors import InvalidRequest, IpamError, RequestTooLarge
 from ipamd.wire.limits import DEFAULT_LIMITS, Limits
+from ipamd.wire.values import as_map, describe
 
 REQUEST: Final = 0
 RESPONSE: Final = 1
@@ -327,23 +328,8 @@ def _encode_with(packer: Any, obj: Any) -> bytes:
     try:
         data: bytes = packer.pack(obj)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode {_describe(obj)}: {exc}") from exc
+        raise LocalProtocolError(f"cannot encode {describe(obj)}: {exc}") from exc
     return data
-
-
-def as_map(value: Any, what: str) -> dict[str, Any]:
-    """`value` as a map with str keys, an empty array counting as an empty map.
-
-    For method validators reading a nested map; raises `InvalidRequest` naming `what`.
-    """
-    if isinstance(value, list) and not value:
-        return {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{what} must be a map, got {_describe(value)}")
-    for key in value:
-        if not isinstance(key, str):
-            raise InvalidRequest(f"{what} keys must be strings, got {_describe(key)}")
-    return value
 
 
 # -- reading frames ----------------------------------------------------------------------------
@@ -449,12 +435,12 @@ def _plain_params(named: dict[str, Any], levels: int) -> bool:
 
 def _frame_kind(frame: Any) -> int:
     if not isinstance(frame, list) or not frame:
-        raise InvalidRequest(f"a frame must be a non-empty array, got {_describe(frame)}")
+        raise InvalidRequest(f"a frame must be a non-empty array, got {describe(frame)}")
     kind = frame[0]
     if not _is_int(kind) or kind not in (REQUEST, RESPONSE, NOTIFICATION):
         raise InvalidRequest(
             "a frame must start with its type, 0 (request), 1 (response) or 2 (notification), "
-            f"got {_describe(kind)}"
+            f"got {describe(kind)}"
         )
     return kind
 
@@ -465,21 +451,21 @@ def _read_msgid(frame: list[Any], what: str) -> int:
     msgid = frame[1]
     if not _is_msgid(msgid):
         raise InvalidRequest(
-            f"a {what} msgid must be an integer in 0..{MSGID_MAX}, got {_describe(msgid)}"
+            f"a {what} msgid must be an integer in 0..{MSGID_MAX}, got {describe(msgid)}"
         )
     return msgid
 
 
 def _read_method(method: Any) -> str:
     if not isinstance(method, str):
-        raise InvalidRequest(f"method must be a string, got {_describe(method)}")
+        raise InvalidRequest(f"method must be a string, got {describe(method)}")
     return method
 
 
 def _read_params(params: Any) -> dict[str, Any]:
     if not isinstance(params, list):
         raise InvalidRequest(
-            f"params must be an array holding one map of named arguments, got {_describe(params)}"
+            f"params must be an array holding one map of named arguments, got {describe(params)}"
         )
     if not params:
         return {}
@@ -492,7 +478,7 @@ def _read_params(params: Any) -> dict[str, Any]:
     bad = _non_str_key(named)
     if bad is not None:
         path, key = bad
-        raise InvalidRequest(f"params{path} keys must be strings, got {_describe(key)}")
+        raise InvalidRequest(f"params{path} keys must be strings, got {describe(key)}")
     return named
 
 
@@ -542,35 +528,14 @@ def _check_method(method: Any) -> None:
 
 def _wire_params(params: Any) -> list[dict[str, Any]]:
     if not isinstance(params, dict):
-        raise LocalProtocolError(f"params must be a dict, got {_describe(params)}")
+        raise LocalProtocolError(f"params must be a dict, got {describe(params)}")
     bad = _non_str_key(params)
     if bad is not None:
-        raise LocalProtocolError(f"params{bad[0]} keys must be str, got {_describe(bad[1])}")
+        raise LocalProtocolError(f"params{bad[0]} keys must be str, got {describe(bad[1])}")
     return [params] if params else []
 
 
 # -- small pieces ------------------------------------------------------------------------------
-
-
-def _describe(value: Any) -> str:
-    """A short, bounded description of a value a peer sent, for error messages."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"float {value!r}"
-    if isinstance(value, str):
-        return f"string {value[:40]!r}{'...' if len(value) > 40 else ''}"
-    if isinstance(value, bytes):
-        return f"bin of {len(value)} bytes"
-    if isinstance(value, list):
-        return f"an array of {len(value)} items"
-    if isinstance(value, dict):
-        return f"a map of {len(value)} entries"
-    return type(value).__name__  # ExtType, Timestamp
 
 
 def _explain(exc: Exception) -> str:

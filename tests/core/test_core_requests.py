@@ -58,5 +58,5 @@ def test_release_without_options_means_every_ifname(options: Any) -> None:
 
 
 def test_release_options_that_are_not_a_map_are_refused() -> None:
-    with pytest.raises(InvalidRequest, match="options of network n must be a map, got 0"):
+    with pytest.raises(InvalidRequest, match="options of network n must be a map, got integer 0"):
         ReleaseRequest.from_wire({"container_id": "c", "networks": {"n": 0}})
