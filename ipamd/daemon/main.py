@@ -33,10 +33,10 @@ import trio
 from ipamd import __version__, exits, paths
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
-from ipamd.daemon import journal, sdnotify
+from ipamd.daemon import sdnotify
 from ipamd.daemon.boot import BootIdError, read_boot_id
 from ipamd.daemon.environment import EnvironmentRefused, read_environment
-from ipamd.daemon.log_time import TimedFormatter
+from ipamd.daemon.log_format import LineFormat
 from ipamd.daemon.server import Server
 from ipamd.daemon.service import Service
 from ipamd.daemon.status_line import StatusReporter
@@ -244,20 +244,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def setup_logging(level: str) -> None:
-    """One line per record on stderr, whose format this function alone decides.
+    """One line per record on stderr, in the format of ipamd/daemon/log_format.py.
 
     When stderr is the journal, every line starts with its priority (`<3>` for
-    errors), which journald keeps for `journalctl -p err` (ipamd/daemon/journal.py);
-    the journal stamps entries itself. Anywhere else a line starts with its
-    ISO time (ipamd/daemon/log_time.py).
+    errors), which journald keeps for `journalctl -p err`; anywhere else a line
+    starts with its ISO time.
     """
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if journal.stderr_is_journal():
-        formatter: logging.Formatter = journal.PriorityFormatter(fmt)
-    else:
-        formatter = TimedFormatter(fmt)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
+    handler.setFormatter(LineFormat.for_stderr().formatter())
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 

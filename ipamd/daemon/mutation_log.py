@@ -6,8 +6,8 @@ cost per record (a LogRecord, handler locks, a write) was a tenth of the
 daemon's CPU, so lines are collected and written in one go once the current
 burst of answers is done (the writer answers a whole batch without yielding:
 `run`, a task of the daemon's, writes them when it yields),
-in the same format as the daemon's other log lines (with the journal's `<6>`
-when stderr is the journal, else the ISO time), and only when INFO is on.
+in the format of the daemon's other log lines (log_format.py), and only when
+INFO is on.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import TextIO
 
 import trio
 
-from ipamd.daemon import journal
-from ipamd.daemon.log_time import iso_now
+from ipamd.daemon.log_format import LineFormat, body
 
 LOGGER_NAME = "ipamd.mutations"
 
@@ -28,11 +27,8 @@ class MutationLog:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._logger = logging.getLogger(LOGGER_NAME)
         self._stream = stream
-        # What setup_logging's formatter would put before an INFO line.
-        journal_stream = stream is None and journal.stderr_is_journal()
-        self._prefix = f"<{journal.priority(logging.INFO)}>" if journal_stream else ""
-        # ... or the ISO time that setup_logging's formatter puts there off the journal.
-        self._timed = stream is None and not journal_stream
+        # On stderr a line starts as the logging handler's do; a given stream gets bare lines.
+        self._format = LineFormat.for_stderr() if stream is None else None
         self._lines: list[str] = []
         self._burst_over = trio.lowlevel.ParkingLot()  # where `run` waits
         self._running = False
@@ -59,7 +55,8 @@ class MutationLog:
             return
         # Off the journal the time goes in front when the burst is written: one
         # clock read per burst (the burst's lines are answered within one batch).
-        self._lines.append(f"INFO {LOGGER_NAME}: {method} {subject} by {caller}: {outcome}\n")
+        message = f"{method} {subject} by {caller}: {outcome}"
+        self._lines.append(body("INFO", LOGGER_NAME, message) + "\n")
         if not self._running:
             self.flush()
         elif len(self._lines) == 1:
@@ -70,7 +67,7 @@ class MutationLog:
             return
         lines, self._lines = self._lines, []
         stream = self._stream or sys.stderr
-        prefix = f"{iso_now()} " if self._timed else self._prefix
+        prefix = self._format.prefix(logging.INFO) if self._format else ""
         try:
             stream.write(prefix + prefix.join(lines))
             stream.flush()
