@@ -30,6 +30,7 @@ Schema 1 had no "boot"; `Store` migrates it explicitly (store.py).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -54,6 +55,8 @@ REVERSE = b"R"
 CURSOR = b"C"
 BLOCK = b"B"
 SEP = b"\x00"
+# Just past every lease key (plyvel takes `prefix` or `start`, not both).
+LEASES_END = bytes([LEASE[0] + 1])
 
 
 # One Packer for every value: msgpack.packb builds a Packer and its buffer per
@@ -69,6 +72,23 @@ def pack(value: Any) -> bytes:
 
 def unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False)
+
+
+def successor(key: bytes) -> bytes:
+    """The least key greater than `key`: where a scan strictly after `key` starts."""
+    return key + SEP
+
+
+# -- the schema version -------------------------------------------------------
+
+
+def schema_value(version: int = SCHEMA_VERSION) -> bytes:
+    return pack(version)
+
+
+def decode_schema(value: bytes) -> Any:
+    """The stored schema version: an int, unless the database is damaged."""
+    return unpack(value)
 
 
 def packed_address(address: IPAddress) -> bytes:
@@ -117,6 +137,15 @@ def decode_lease_key(raw: bytes) -> LeaseKey:
     return LeaseKey(network, container_id, ifname)
 
 
+def attachment_ifname(prefix: bytes, raw: bytes) -> str:
+    """The ifname of the lease key `raw`, found under `prefix` = `attachments_prefix(...)`."""
+    return raw[len(prefix) :].decode()
+
+
+def network_of_lease_key(raw: bytes) -> str:
+    return raw.split(SEP, 2)[1].decode()
+
+
 def lease_value(lease: Lease) -> bytes:
     value: dict[str, Any] = {
         "boot": lease.boot,  # first: see boot_prefix
@@ -143,6 +172,12 @@ def boot_prefix(boot: str) -> bytes:
     """What a lease value made in `boot` holds from its second byte on (the first
     is the map's header): the key "boot" and the boot id, packed."""
     return pack("boot") + pack(boot)
+
+
+def has_boot(value: bytes) -> bool:
+    """Whether a packed lease value carries a boot id (schema 2; schema 1's do not)."""
+    raw = unpack(value)
+    return isinstance(raw, dict) and "boot" in raw
 
 
 def made_in(value: bytes, prefix: bytes) -> bool:
@@ -176,6 +211,17 @@ def reverse_span(network: str, cidr: IPNetwork) -> tuple[bytes, bytes]:
 
 def address_of_reverse_key(network: str, raw: bytes) -> IPAddress:
     return ipaddress.ip_address(raw[len(network) + 3 :])
+
+
+def reverse_key_offsets(network: str, base: int, raw_keys: Iterable[bytes]) -> list[int]:
+    """Each reverse key's address as an offset from the int `base`: rebuilding
+    the index reads keys only, a million of them for a large network."""
+    skip = len(reverse_network_prefix(network)) + 1  # + the version byte
+    return [int.from_bytes(raw[skip:], "big") - base for raw in raw_keys]
+
+
+def network_of_reverse_key(raw: bytes) -> str:
+    return raw[len(REVERSE) :].split(SEP, 1)[0].decode()
 
 
 def reverse_value(key: LeaseKey) -> bytes:

@@ -267,13 +267,13 @@ class Store:
             if next(db.iterator(include_value=False), None) is not None:
                 raise CorruptDatabase(f"database {self.path} has data but no schema version")
             try:
-                db.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION), sync=True)
+                db.put(keys.SCHEMA_KEY, keys.schema_value(), sync=True)
             except plyvel.Error as e:
                 raise StoreUnavailable(
                     f"cannot initialise database {self.path}: {_reason(e)}"
                 ) from e
             return
-        version = keys.unpack(raw)
+        version = keys.decode_schema(raw)
         if not isinstance(version, int) or version > keys.SCHEMA_VERSION:
             raise CorruptDatabase(
                 f"database {self.path} has schema version {version!r}, newer than this ipamd"
@@ -305,8 +305,7 @@ class Store:
         batch = db.write_batch(sync=True)
         pending = 0
         for raw_key, value in db.iterator(prefix=keys.LEASE, verify_checksums=True):
-            raw = keys.unpack(value)
-            if isinstance(raw, dict) and "boot" in raw:
+            if keys.has_boot(value):
                 continue
             lease = keys.decode_lease(keys.decode_lease_key(raw_key), value)
             batch.put(raw_key, keys.lease_value(lease._replace(boot=boot)))
@@ -315,7 +314,7 @@ class Store:
             if pending >= MIGRATION_BATCH:
                 batch.write()
                 batch, pending = db.write_batch(sync=True), 0
-        batch.put(keys.SCHEMA_KEY, keys.pack(keys.SCHEMA_VERSION))
+        batch.put(keys.SCHEMA_KEY, keys.schema_value())
         batch.write()
         self.migrated = stamped
         log.info(
@@ -407,9 +406,10 @@ class Store:
             ]
         # One network: a narrower scan, and only the ifname left to decode.
         prefix = keys.attachments_prefix(container_id, network)
-        skip = len(prefix)
         return [
-            keys.decode_lease(LeaseKey(network, container_id, raw_key[skip:].decode()), value)
+            keys.decode_lease(
+                LeaseKey(network, container_id, keys.attachment_ifname(prefix, raw_key)), value
+            )
             for raw_key, value in self.db.iterator(prefix=prefix)
         ]
 
@@ -433,7 +433,7 @@ class Store:
             cidr = keys.decode_network(raw).subnets[0].cidr
         start, stop = keys.reverse_span(network, cidr)
         if after is not None:
-            start = max(start, keys.reverse_key(network, after) + keys.SEP)
+            start = max(start, keys.successor(keys.reverse_key(network, after)))
         out: list[Lease] = []
         for _, value in self.db.iterator(start=start, stop=stop):
             lease = self.lease(keys.decode_reverse_value(network, value))
@@ -453,7 +453,7 @@ class Store:
         """Names of every network that has reverse entries (for `ipamd check`)."""
         names: set[str] = set()
         for raw_key in self._scan(prefix=keys.REVERSE, include_value=False):
-            names.add(raw_key[1:].split(keys.SEP, 1)[0].decode())
+            names.add(keys.network_of_reverse_key(raw_key))
         return names
 
     def networks(self) -> Iterator[Network]:
@@ -482,9 +482,9 @@ class Store:
         between pages even when suspects are few among many leases."""
         assert self.boot is not None
         prefix = keys.boot_prefix(self.boot)
-        start = keys.LEASE if after is None else after + keys.SEP
+        start = keys.LEASE if after is None else keys.successor(after)
         found: list[LeaseKey] = []
-        entries = self.db.iterator(start=start, stop=_LEASES_END)
+        entries = self.db.iterator(start=start, stop=keys.LEASES_END)
         for scanned, (raw_key, value) in enumerate(entries, 1):
             if not keys.made_in(value, prefix):
                 found.append(keys.decode_lease_key(raw_key))
@@ -531,16 +531,13 @@ class Store:
         allocator = Allocator(self.boot or "")
         for network in self.networks():
             subnet_pools: list[SubnetPool] = []
-            skip = len(keys.reverse_network_prefix(network.name)) + 1  # + the version byte
             for index, subnet in enumerate(network.subnets):
                 start, stop = keys.reverse_span(network.name, subnet.cidr)
-                base = int(subnet.cidr.network_address)
-                used = [
-                    int.from_bytes(raw[skip:], "big") - base
-                    for raw in db.iterator(
-                        start=start, stop=stop, include_value=False, verify_checksums=True
-                    )
-                ]
+                used = keys.reverse_key_offsets(
+                    network.name,
+                    int(subnet.cidr.network_address),
+                    db.iterator(start=start, stop=stop, include_value=False, verify_checksums=True),
+                )
                 raw_cursor = db.get(keys.cursor_key(network.name, index), verify_checksums=True)
                 cursor = None
                 if raw_cursor is not None:
@@ -555,7 +552,7 @@ class Store:
         suspects: dict[str, int] = {}
         current = keys.boot_prefix(self.boot or "")
         for raw_key, value in self.db.iterator(prefix=keys.LEASE, verify_checksums=True):
-            network = raw_key.split(keys.SEP, 2)[1].decode()
+            network = keys.network_of_lease_key(raw_key)
             leases_per_network[network] = leases_per_network.get(network, 0) + 1
             if not keys.made_in(value, current):
                 suspects[network] = suspects.get(network, 0) + 1
@@ -575,10 +572,6 @@ class Store:
                         f" entries in subnet {subnet_pool.subnet.cidr};"
                         " run `ipamd check` for details"
                     )
-
-
-# Just past every lease key (plyvel takes `prefix` or `start`, not both).
-_LEASES_END = bytes([keys.LEASE[0] + 1])
 
 
 def _check_tail(db: plyvel.DB) -> None:
@@ -621,7 +614,7 @@ def _fill_batch(batch: plyvel.WriteBatch, changes: list[Change]) -> None:
                 cursors.pop((change.network.name, index), None)  # moved earlier: goes too
                 batch.delete(keys.cursor_key(change.network.name, index))
     for (network, subnet), address in cursors.items():
-        batch.put(keys.cursor_key(network, subnet), address.packed)
+        batch.put(keys.cursor_key(network, subnet), keys.packed_address(address))
 
 
 def _put_lease(batch: plyvel.WriteBatch, lease: Lease) -> None:
