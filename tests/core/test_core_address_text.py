@@ -85,7 +85,7 @@ def test_odd_texts_parse_or_fail_as_ip_address_does(text: Any) -> None:
 
 
 def test_ipv6_texts_stay_right_past_the_memo_bound() -> None:
-    """The memo of IPv6 texts is emptied when full; every text stays `str`'s."""
+    """The memo of IPv6 texts is bounded; every text stays `str`'s."""
     base = int(ipaddress.IPv6Address("fd00::"))
     addresses = [ipaddress.IPv6Address(base + i) for i in range(MAX_REMEMBERED_IPV6_TEXTS + 10)]
     for _ in range(2):
