@@ -43,8 +43,9 @@ import json
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from inspect import cleandoc
 from pathlib import Path
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, NoReturn, TypeAlias
 
 from ipamd import __version__, exits
 from ipamd.client import Client, ConnectionFailed, ProtocolError, RequestTimeout, render
@@ -164,6 +165,11 @@ class _Refine(argparse.Action):
     target = "subnets"
     starter = "--subnet"
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # It writes into the item it refines, never a namespace attribute of its own.
+        kwargs.setdefault("default", argparse.SUPPRESS)
+        super().__init__(*args, **kwargs)
+
     def __call__(
         self,
         parser: argparse.ArgumentParser,
@@ -244,14 +250,23 @@ class _Attribute(_NetworkOption):
         return None
 
 
+# What `add_subparsers` returns: the commands (or a command's subcommands) being built.
+Commands: TypeAlias = "argparse._SubParsersAction[Any]"
+
+
 def _subcommand(
-    commands: Any,
+    commands: Commands,
     name: str,
     handler: Callable[[Client, argparse.Namespace, Output], None] | None,
-    summary: str,
-    example: str,
+    summary: str | None = None,
+    example: str | None = None,
     aliases: Sequence[str] = (),
 ) -> argparse.ArgumentParser:
+    """Add command `name`, run by `handler`. Its help is the handler's docstring
+    (a one-line summary, then example command lines) unless given here."""
+    if summary is None or example is None:
+        assert handler is not None and handler.__doc__, f"{name}: no help to show"
+        summary, _, example = cleandoc(handler.__doc__).partition("\n\n")
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         aliases=list(aliases),
@@ -269,6 +284,7 @@ def _subcommand(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: the global options, then one builder per command."""
     parser = _Parser(
         prog=PROG,
         description="Talk to ipamd, the IP address manager daemon, over its Unix socket.",
@@ -295,31 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    _subcommand(commands, "ping", cmd_ping, "check that the daemon answers", "ipamd-client ping")
-    _subcommand(
-        commands,
-        "status",
-        cmd_status,
-        "daemon facts: version, counts, batches",
-        "ipamd-client status",
-    )
-    _subcommand(
-        commands,
-        "stats",
-        cmd_stats,
-        "per network and subnet: size, allocatable, used, free, utilisation",
-        "ipamd-client stats",
-    )
-    _subcommand(
-        commands,
-        "metrics",
-        cmd_metrics,
-        "the daemon's Prometheus metrics, in the text exposition format",
-        "ipamd-client metrics > /var/lib/prometheus/node-exporter/ipamd.prom.tmp\n"
-        "mv /var/lib/prometheus/node-exporter/ipamd.prom.tmp"
-        " /var/lib/prometheus/node-exporter/ipamd.prom",
-    )
+    _add_daemon_commands(commands)
+    _add_network_commands(commands)
+    add_cluster_commands(commands, _subcommand)
+    _add_alloc(commands)
+    _add_release(commands)
+    _add_get(commands)
+    _add_leases(commands)
+    _add_who_has(commands)
+    _add_gc(commands)
+    return parser
 
+
+def _add_daemon_commands(commands: Commands) -> None:
+    """The questions about the daemon itself: ping, status, stats, metrics."""
+    _subcommand(commands, "ping", cmd_ping)
+    _subcommand(commands, "status", cmd_status)
+    _subcommand(commands, "stats", cmd_stats)
+    _subcommand(commands, "metrics", cmd_metrics)
+
+
+def _add_network_commands(commands: Commands) -> None:
     network = _subcommand(
         commands,
         "network",
@@ -330,18 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     network_commands = network.add_subparsers(
         dest="network_command", metavar="SUBCOMMAND", required=True
     )
-    create = _subcommand(
-        network_commands,
-        "create",
-        cmd_network_create,
-        "create a network (again with the same definition: a no-op)",
-        """
-ipamd-client network create podman --subnet 10.88.0.0/16 --gateway 10.88.0.1
-ipamd-client network create dual --subnet 10.89.0.0/24 --range 10.89.0.10-10.89.0.200 \\
-    --exclude 10.89.0.100 --subnet fd00:89::/64 --gateway fd00:89::1
-ipamd-client network create --file podman.toml    # or .json: {"name", "subnets", "driver"?}
-""",
-    )
+    _add_network_create(network_commands)
+    _subcommand(network_commands, "ls", cmd_network_ls, aliases=["list"])  # people type both
+    inspect = _subcommand(network_commands, "inspect", cmd_network_inspect)
+    inspect.add_argument("name", metavar="NAME")
+    rm = _subcommand(network_commands, "rm", cmd_network_rm)
+    rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--force", action="store_true", help="release its leases first")
+
+
+def _add_network_create(network_commands: Commands) -> None:
+    create = _subcommand(network_commands, "create", cmd_network_create)
     create.add_argument("name", metavar="NAME", nargs="?", help="network name")
     create.add_argument(
         "--subnet",
@@ -350,27 +361,16 @@ ipamd-client network create --file podman.toml    # or .json: {"name", "subnets"
         metavar="CIDR",
         help="a subnet; repeat for dual stack; the options below apply to the last one",
     )
+    create.add_argument("--gateway", action=_Gateway, metavar="IP", help="never leased")
     create.add_argument(
-        "--gateway", action=_Gateway, default=argparse.SUPPRESS, metavar="IP", help="never leased"
+        "--range", action=_Range, metavar="A-B", help="the lease range (default: the whole subnet)"
     )
     create.add_argument(
-        "--range",
-        action=_Range,
-        default=argparse.SUPPRESS,
-        metavar="A-B",
-        help="the lease range (default: the whole subnet)",
-    )
-    create.add_argument(
-        "--exclude",
-        action=_Exclude,
-        default=argparse.SUPPRESS,
-        metavar="ADDR|CIDR|A-B",
-        help="never leased; repeatable",
+        "--exclude", action=_Exclude, metavar="ADDR|CIDR|A-B", help="never leased; repeatable"
     )
     create.add_argument(
         "--block-prefix",
         action=_BlockPrefix,
-        default=argparse.SUPPRESS,
         metavar="N",
         help="cluster networks: the prefix length of the subnet's blocks (default 26 / 122)",
     )
@@ -384,45 +384,9 @@ ipamd-client network create --file podman.toml    # or .json: {"name", "subnets"
         "--file", type=Path, metavar="FILE", help="the network as JSON or TOML (network.create)"
     )
 
-    _subcommand(
-        network_commands,
-        "ls",
-        cmd_network_ls,
-        "list networks",
-        "ipamd-client network ls",
-        aliases=["list"],  # people type both
-    )
-    inspect = _subcommand(
-        network_commands,
-        "inspect",
-        cmd_network_inspect,
-        "a network's definition and per-subnet utilisation",
-        "ipamd-client network inspect podman",
-    )
-    inspect.add_argument("name", metavar="NAME")
-    rm = _subcommand(
-        network_commands,
-        "rm",
-        cmd_network_rm,
-        "remove a network (with --force, releasing its leases)",
-        "ipamd-client network rm podman --force",
-    )
-    rm.add_argument("name", metavar="NAME")
-    rm.add_argument("--force", action="store_true", help="release its leases first")
 
-    add_cluster_commands(commands, _subcommand)
-
-    alloc = _subcommand(
-        commands,
-        "alloc",
-        cmd_alloc,
-        "allocate addresses for a container on one or more networks (all or nothing)",
-        """
-ipamd-client alloc 3f2a9c --network podman
-ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr pod=web \\
-    --network backend --ifname eth1
-""",
-    )
+def _add_alloc(commands: Commands) -> None:
+    alloc = _subcommand(commands, "alloc", cmd_alloc)
     alloc.add_argument("container", metavar="CONTAINER")
     alloc.add_argument(
         "--network",
@@ -432,42 +396,29 @@ ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr p
         metavar="NET",
         help="a network; repeatable; the options below apply to the last one",
     )
-    alloc.add_argument("--ifname", action=_Ifname, default=argparse.SUPPRESS, metavar="IF")
+    alloc.add_argument("--ifname", action=_Ifname, metavar="IF")
     alloc.add_argument(
-        "--ip",
-        action=_StaticIp,
-        default=argparse.SUPPRESS,
-        metavar="IP",
-        help="a static address (one per subnet); repeatable",
+        "--ip", action=_StaticIp, metavar="IP", help="a static address (one per subnet); repeatable"
     )
     alloc.add_argument(
         "--attr",
         action=_Attribute,
-        default=argparse.SUPPRESS,
         metavar="KEY=VALUE",
         help="an attribute for people debugging, e.g. pod=web; repeatable",
     )
 
-    release = _subcommand(
-        commands,
-        "release",
-        cmd_release,
-        "release a container's addresses (every network unless --network)",
-        "ipamd-client release 3f2a9c\nipamd-client release 3f2a9c --network podman --ifname eth0",
-    )
+
+def _add_release(commands: Commands) -> None:
+    release = _subcommand(commands, "release", cmd_release)
     release.add_argument("container", metavar="CONTAINER")
     release.add_argument(
         "--network", dest="networks", action=_StartItem, metavar="NET", help="repeatable"
     )
-    release.add_argument("--ifname", action=_Ifname, default=argparse.SUPPRESS, metavar="IF")
+    release.add_argument("--ifname", action=_Ifname, metavar="IF")
 
-    get = _subcommand(
-        commands,
-        "get",
-        cmd_get,
-        "the addresses a container holds",
-        "ipamd-client get 3f2a9c\nipamd-client --json get 3f2a9c --network podman",
-    )
+
+def _add_get(commands: Commands) -> None:
+    get = _subcommand(commands, "get", cmd_get)
     get.add_argument("container", metavar="CONTAINER")
     get.add_argument(
         "--network",
@@ -477,13 +428,9 @@ ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr p
         help="only this network; repeatable",
     )
 
-    leases = _subcommand(
-        commands,
-        "leases",
-        cmd_leases,
-        "every lease on a network, in address order (paged: fine for 100,000)",
-        "ipamd-client leases podman\nipamd-client --json leases podman | jq -r '.[].container_id'",
-    )
+
+def _add_leases(commands: Commands) -> None:
+    leases = _subcommand(commands, "leases", cmd_leases)
     leases.add_argument("network", metavar="NET")
     leases.add_argument(
         "--page-size",
@@ -493,27 +440,15 @@ ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr p
         help=f"leases per request (default {LEASE_PAGE})",
     )
 
-    who = _subcommand(
-        commands,
-        "who-has",
-        cmd_who_has,
-        "which container holds an address",
-        "ipamd-client who-has 10.88.0.5\nipamd-client who-has 10.88.0.5 --network podman",
-    )
+
+def _add_who_has(commands: Commands) -> None:
+    who = _subcommand(commands, "who-has", cmd_who_has)
     who.add_argument("ip", metavar="IP")
     who.add_argument("--network", metavar="NET", help="look only here")
 
-    gc = _subcommand(
-        commands,
-        "gc",
-        cmd_gc,
-        "release every lease on a network that no valid container holds",
-        """
-ipamd-client gc podman --valid 3f2a9c --valid 77b1e0:eth0 --dry-run
-podman ps -aq --no-trunc | ipamd-client gc podman --valid-from -
-ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry-run
-""",
-    )
+
+def _add_gc(commands: Commands) -> None:
+    gc = _subcommand(commands, "gc", cmd_gc)
     gc.add_argument("network", metavar="NET")
     gc.add_argument(
         "--valid",
@@ -523,9 +458,7 @@ ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry
         help="keep this container's leases (all of them, or only IFNAME); repeatable",
     )
     gc.add_argument(
-        "--valid-from",
-        metavar="FILE",
-        help="read CONTAINER[:IFNAME] lines from FILE ('-': stdin)",
+        "--valid-from", metavar="FILE", help="read CONTAINER[:IFNAME] lines from FILE ('-': stdin)"
     )
     gc.add_argument(
         "--from-cni-cache",
@@ -537,9 +470,7 @@ ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry
         " files from before this boot do not count); repeatable",
     )
     gc.add_argument(
-        "--from-podman",
-        action="store_true",
-        help="keep every container `podman ps --all` lists",
+        "--from-podman", action="store_true", help="keep every container `podman ps --all` lists"
     )
     gc.add_argument(
         "--from-crictl",
@@ -552,7 +483,6 @@ ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry
         help="release only leases from an earlier boot (safe while the runtime starts containers)",
     )
     gc.add_argument("--dry-run", action="store_true", help="only show what would be released")
-    return parser
 
 
 def _positive_float(text: str) -> float:
@@ -587,6 +517,10 @@ class Output:
 
 
 def cmd_ping(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """check that the daemon answers
+
+    ipamd-client ping
+    """
     result = client.ping()
     out.result(
         result,
@@ -598,17 +532,30 @@ def cmd_ping(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """daemon facts: version, counts, batches
+
+    ipamd-client status
+    """
     result = client.status()
     width = max((len(key) for key in result), default=0)
     out.result(result, lambda: [f"{key.ljust(width)}  {value}" for key, value in result.items()])
 
 
 def cmd_stats(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """per network and subnet: size, allocatable, used, free, utilisation
+
+    ipamd-client stats
+    """
     result = client.stats()
     out.result(result, lambda: render.stats_lines(result))
 
 
 def cmd_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """the daemon's Prometheus metrics, in the text exposition format
+
+    ipamd-client metrics > /var/lib/prometheus/node-exporter/ipamd.prom.tmp
+    mv /var/lib/prometheus/node-exporter/ipamd.prom.tmp /var/lib/prometheus/node-exporter/ipamd.prom
+    """
     text = client.metrics()
     if out.as_json:
         out.result({"text": text}, lambda: [])
@@ -617,6 +564,13 @@ def cmd_metrics(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_network_create(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """create a network (again with the same definition: a no-op)
+
+    ipamd-client network create podman --subnet 10.88.0.0/16 --gateway 10.88.0.1
+    ipamd-client network create dual --subnet 10.89.0.0/24 --range 10.89.0.10-10.89.0.200 \\
+        --exclude 10.89.0.100 --subnet fd00:89::/64 --gateway fd00:89::1
+    ipamd-client network create --file podman.toml    # or .json: {"name", "subnets", "driver"?}
+    """
     if args.file is not None:
         if args.subnets or args.driver:
             raise _usage("--file holds the whole network; leave out --subnet and --driver")
@@ -663,16 +617,28 @@ def _read_network_file(path: Path) -> dict[str, Any]:
 
 
 def cmd_network_ls(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """list networks
+
+    ipamd-client network ls
+    """
     result = client.network_list()
     out.result(result, lambda: render.network_list_lines(result))
 
 
 def cmd_network_inspect(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """a network's definition and per-subnet utilisation
+
+    ipamd-client network inspect podman
+    """
     result = client.network_get(args.name)
     out.result(result, lambda: render.network_lines(result))
 
 
 def cmd_network_rm(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """remove a network (with --force, releasing its leases)
+
+    ipamd-client network rm podman --force
+    """
     try:
         result = client.network_delete(args.name, force=args.force)
     except NetworkInUse as e:
@@ -701,22 +667,43 @@ def _by_network(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def cmd_alloc(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """allocate addresses for a container on one or more networks (all or nothing)
+
+    ipamd-client alloc 3f2a9c --network podman
+    ipamd-client alloc 3f2a9c --network podman --ifname eth0 --ip 10.88.0.5 --attr pod=web \\
+        --network backend --ifname eth1
+    """
     result = client.alloc(args.container, _by_network(args.networks))
     out.result(result, lambda: render.alloc_lines(result))
 
 
 def cmd_release(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """release a container's addresses (every network unless --network)
+
+    ipamd-client release 3f2a9c
+    ipamd-client release 3f2a9c --network podman --ifname eth0
+    """
     networks = _by_network(args.networks) if args.networks else None
     result = client.release(args.container, networks)
     out.result(result, lambda: render.release_lines(args.container, result))
 
 
 def cmd_get(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """the addresses a container holds
+
+    ipamd-client get 3f2a9c
+    ipamd-client --json get 3f2a9c --network podman
+    """
     result = client.get(args.container, args.network_names)
     out.result(result, lambda: render.get_lines(result))
 
 
 def cmd_leases(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """every lease on a network, in address order (paged: fine for 100,000)
+
+    ipamd-client leases podman
+    ipamd-client --json leases podman | jq -r '.[].container_id'
+    """
     if args.page_size < 1:
         raise _usage("--page-size must be at least 1")
     leases = client.iter_leases(args.network, page_size=args.page_size)
@@ -756,6 +743,11 @@ def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 
 def cmd_who_has(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """which container holds an address
+
+    ipamd-client who-has 10.88.0.5
+    ipamd-client who-has 10.88.0.5 --network podman
+    """
     result = client.lease_owner(args.ip, args.network)
     out.result(result, lambda: render.owner_lines(args.ip, result))
 
@@ -768,6 +760,12 @@ def _valid_entry(text: str) -> dict[str, Any]:
 
 
 def cmd_gc(client: Client, args: argparse.Namespace, out: Output) -> None:
+    """release every lease on a network that no valid container holds
+
+    ipamd-client gc podman --valid 3f2a9c --valid 77b1e0:eth0 --dry-run
+    podman ps -aq --no-trunc | ipamd-client gc podman --valid-from -
+    ipamd-client gc podman --from-podman --from-cni-cache /var/lib/cni/results --dry-run
+    """
     entries: list[str] = list(args.valid)
     if args.valid_from is not None:
         try:
