@@ -66,7 +66,7 @@ if str(ROOT) not in sys.path:
 import plyvel  # noqa: E402
 import trio  # noqa: E402
 
-import ipamd.storage.store  # noqa: E402
+import ipamd.storage.opening  # noqa: E402
 from ipamd.core import keys  # noqa: E402
 from ipamd.core.lease import Lease, LeaseKey  # noqa: E402
 from ipamd.core.network import Network  # noqa: E402
@@ -259,12 +259,12 @@ def random_container_id() -> str:
     return os.urandom(32).hex()
 
 
-DEFAULT_FILTER_BITS = ipamd.storage.store.BLOOM_FILTER_BITS
+DEFAULT_FILTER_BITS = ipamd.storage.opening.BLOOM_FILTER_BITS
 
 
 def absent_lookup_us(state_dir: Path, leases: int, filter_bits: int, repeats: int) -> float:
     """CPU µs per `Store.lease` of an unknown container, on a churned store."""
-    ipamd.storage.store.BLOOM_FILTER_BITS = filter_bits
+    ipamd.storage.opening.BLOOM_FILTER_BITS = filter_bits
     store = Store(state_dir)
     store.open()
     try:
@@ -291,7 +291,7 @@ def absent_lookup_us(state_dir: Path, leases: int, filter_bits: int, repeats: in
         return median(timings)
     finally:
         store.close()
-        ipamd.storage.store.BLOOM_FILTER_BITS = DEFAULT_FILTER_BITS
+        ipamd.storage.opening.BLOOM_FILTER_BITS = DEFAULT_FILTER_BITS
 
 
 # -- the run -------------------------------------------------------------------

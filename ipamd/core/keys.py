@@ -24,7 +24,7 @@ ordered key range (`reverse_span`), and rebuilding the index reads keys only.
 A lease value's first key is always "boot" (schema 2): the start-up count of
 suspect leases compares each value's first bytes with the current boot's
 packed prefix (`boot_prefix`) instead of decoding a million values.
-Schema 1 had no "boot"; `Store` migrates it explicitly (store.py).
+Schema 1 had no "boot"; `Store` migrates it explicitly (storage/schema.py).
 """
 
 from __future__ import annotations

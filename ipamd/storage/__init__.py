@@ -1,2 +1,2 @@
-"""Durable state: the LevelDB store (the only plyvel user), its committer thread, the log reader,
-`ipamd check`, and importing host-local's state."""
+"""Durable state: the LevelDB store (store.py and its modules, the only plyvel users),
+its committer thread, the log reader, `ipamd check`, and importing host-local's state."""

@@ -33,7 +33,7 @@ from tests.support import RawClient
 NETWORK = {"name": "disk", "subnets": [{"subnet": "10.64.0.0/16", "gateway": "10.64.0.1"}]}
 DISK = "1m"
 # Leaves room for ~350 KiB of LevelDB log; freeing it leaves room to reopen
-# (the writer waits for the log's size + 64 KiB, see ipamd/storage/store.py).
+# (the writer waits for the log's size + 64 KiB, see ipamd/storage/opening.py).
 BALLAST_BYTES = 640 << 10
 # About 2 KiB per lease, to fill the disk in a few hundred allocations.
 ATTRIBUTES = {f"k{i}": "x" * 250 for i in range(8)}
