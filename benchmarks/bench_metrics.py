@@ -113,7 +113,7 @@ def bench_render(networks: int, reps: int, calls: int) -> tuple[float, int]:
         try:
             writer = Writer(store, store.load())
             trio.run(fill, writer, networks)
-            service = Service(writer, Config(state_dir=Path(tmp)))
+            service = Service(writer.published, writer, Config(state_dir=Path(tmp)))
             server = Server(service, Limits())
             metrics = Metrics(service, server)
             text = metrics.render()  # the import and the first build, not timed

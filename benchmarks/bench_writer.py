@@ -113,7 +113,7 @@ async def writer_run(state_dir: Path, tasks: int, allocs: int) -> tuple[float, f
                 ]
                 for t in range(tasks)
             ]
-            batches, mutations = writer.batches, writer.mutations
+            batches, mutations = writer.counters.batches, writer.counters.mutations
 
             async def client(mine: list[AllocRequest]) -> None:
                 for request in mine:
@@ -128,8 +128,8 @@ async def writer_run(state_dir: Path, tasks: int, allocs: int) -> tuple[float, f
     finally:
         store.close()
     done = per_task * tasks
-    assert writer.mutations - mutations == done
-    return done / elapsed, done / (writer.batches - batches)
+    assert writer.counters.mutations - mutations == done
+    return done / elapsed, done / (writer.counters.batches - batches)
 
 
 # -- the seed's way ------------------------------------------------------------

@@ -117,37 +117,66 @@ class MemoryLeases:
                 del self.owners[(change.lease.key.network, address)]
 
 
-# What `PendingLeases` finds for a key this batch has not changed (None means deleted).
+# What a layer of `PendingLeases` finds for a key it has not changed (None means deleted).
 _UNTOUCHED = object()
 
 
-class PendingLeases:
-    """A base view plus the not-yet-persisted changes of the batch being decided."""
+class _Layer:
+    """The changes of one group's decisions, as lookups need them."""
 
-    def __init__(self, base: LeaseView) -> None:
+    __slots__ = ("by_container", "leases", "owners")
+
+    def __init__(self) -> None:
+        self.leases: dict[LeaseKey, Lease | None] = {}  # None: deleted in this group
+        self.owners: dict[tuple[str, IPAddress], LeaseKey | None] = {}
+        # The group's keys by container: `leases_of` must not walk the whole group.
+        self.by_container: dict[str, set[LeaseKey]] = {}
+
+
+class PendingLeases:
+    """The store plus the not-yet-persisted changes of the group being decided,
+    and of the group being written meanwhile (`beneath`), if any.
+
+    Built once per group by the writer's task, which alone uses it, and never
+    rewired: it holds the changes of at most two groups, the one it decides and
+    the one being written. Once that one is written its changes are in `base`
+    too, and looking through them finds the same leases; by then no group
+    before it is unwritten (one group is written at a time), so no third layer
+    is ever needed, and only the layers' dicts are kept, never the view they
+    came from (which would chain every group to the one before).
+    """
+
+    def __init__(self, base: LeaseView, beneath: PendingLeases | None = None) -> None:
         self.base = base
-        self._leases: dict[LeaseKey, Lease | None] = {}  # None: deleted in this batch
-        self._owners: dict[tuple[str, IPAddress], LeaseKey | None] = {}
-        # This batch's keys by container: `leases_of` must not walk the whole batch.
-        self._by_container: dict[str, set[LeaseKey]] = {}
+        self._mine = _Layer()
+        self._beneath = beneath._mine if beneath is not None else None
 
     def lease(self, key: LeaseKey) -> Lease | None:
-        pending = self._leases.get(key, _UNTOUCHED)
+        pending = self._mine.leases.get(key, _UNTOUCHED)
+        if pending is _UNTOUCHED and self._beneath is not None:
+            pending = self._beneath.leases.get(key, _UNTOUCHED)
         if pending is _UNTOUCHED:
             return self.base.lease(key)
         return pending  # type: ignore[return-value]
 
     def owner(self, network: str, address: IPAddress) -> LeaseKey | None:
-        pending = self._owners.get((network, address), _UNTOUCHED)
+        pending = self._mine.owners.get((network, address), _UNTOUCHED)
+        if pending is _UNTOUCHED and self._beneath is not None:
+            pending = self._beneath.owners.get((network, address), _UNTOUCHED)
         if pending is _UNTOUCHED:
             return self.base.owner(network, address)
         return pending  # type: ignore[return-value]
 
+    def _layers(self) -> tuple[_Layer, ...]:
+        """Newest first."""
+        return (self._mine,) if self._beneath is None else (self._mine, self._beneath)
+
     def _merged(
         self, base: Iterable[Lease], wanted: dict[LeaseKey, Lease | None]
     ) -> Iterator[Lease]:
+        """`base`'s leases but those the layers changed, then the layers' (`wanted`)."""
         for lease in base:
-            if lease.key not in self._leases:
+            if lease.key not in wanted:
                 yield lease
         for pending in wanted.values():
             if pending is not None:
@@ -155,33 +184,45 @@ class PendingLeases:
 
     def leases_of(self, container_id: str, network: str | None = None) -> Iterable[Lease]:
         base = self.base.leases_of(container_id, network)
-        touched = self._by_container.get(container_id)
-        if touched is None:  # the usual case: this batch changed nothing of the container's
+        beneath = self._beneath
+        mine = self._mine.by_container.get(container_id)
+        below = beneath.by_container.get(container_id) if beneath is not None else None
+        if mine is None and below is None:  # the usual case: no unwritten change of its leases
             return base
-        mine = {k: self._leases[k] for k in touched if network in (None, k.network)}
-        return self._merged(base, mine)
+        wanted: dict[LeaseKey, Lease | None] = {}
+        for layer in self._layers():
+            for k in layer.by_container.get(container_id, ()):
+                if network in (None, k.network):
+                    wanted.setdefault(k, layer.leases[k])
+        return self._merged(base, wanted)
 
     def leases_in(self, network: str) -> Iterator[Lease]:
-        mine = {k: v for k, v in self._leases.items() if k.network == network}
-        return self._merged(self.base.leases_in(network), mine)
+        wanted: dict[LeaseKey, Lease | None] = {}
+        for layer in self._layers():
+            for k, v in layer.leases.items():
+                if k.network == network:
+                    wanted.setdefault(k, v)
+        return self._merged(self.base.leases_in(network), wanted)
 
     def apply(self, change: Change) -> None:
+        mine = self._mine
         if isinstance(change, PutLease):
             key = self._touch(change.lease.key)
-            self._leases[key] = change.lease
+            mine.leases[key] = change.lease
             for address in change.lease.addresses:
-                self._owners[(key.network, address)] = key
+                mine.owners[(key.network, address)] = key
         elif isinstance(change, DeleteLease):
             key = self._touch(change.lease.key)
-            self._leases[key] = None
+            mine.leases[key] = None
             for address in change.owned:
-                self._owners[(key.network, address)] = None
+                mine.owners[(key.network, address)] = None
 
     def _touch(self, key: LeaseKey) -> LeaseKey:
-        """Note that this batch holds a change for `key`; return it."""
-        mine = self._by_container.get(key.container_id)
-        if mine is None:
-            self._by_container[key.container_id] = {key}
+        """Note that this group holds a change for `key`; return it."""
+        by_container = self._mine.by_container
+        held = by_container.get(key.container_id)
+        if held is None:
+            by_container[key.container_id] = {key}
         else:
-            mine.add(key)
+            held.add(key)
         return key

@@ -33,15 +33,18 @@ import trio
 from ipamd import __version__, exits, paths
 from ipamd.config import Config, ConfigError, load_config
 from ipamd.core.requests import CreateNetworkRequest
+from ipamd.core.snapshot import snapshot
 from ipamd.daemon import sdnotify
 from ipamd.daemon.boot import BootIdError, read_boot_id
+from ipamd.daemon.committed_state import CommittedState
 from ipamd.daemon.environment import EnvironmentRefused, read_environment
 from ipamd.daemon.log_format import LineFormat
+from ipamd.daemon.recovery import WriterFailed
 from ipamd.daemon.server import Server
 from ipamd.daemon.service import Service
 from ipamd.daemon.status_line import StatusReporter
 from ipamd.daemon.suspects import reclaim_after_reboot, suspect_total
-from ipamd.daemon.writer import Writer, WriterFailed
+from ipamd.daemon.writer import Writer
 from ipamd.errors import IpamError, NetworkExists
 from ipamd.metrics.text import Metrics
 from ipamd.storage.store import CorruptDatabase, StateDirLocked, Store, StoreUnavailable
@@ -144,9 +147,16 @@ async def run_daemon(
             blocks = LocalBlocks()  # cluster subnets hand out only the blocks owned here
             blocks.rebuilt(allocator, store)
         tune_gc()
-        writer = Writer(store, allocator, max_batch=config.limits.max_batch, extension=blocks)
+        committed = CommittedState(store, snapshot(allocator))
+        writer = Writer(
+            store,
+            allocator,
+            max_batch=config.limits.max_batch,
+            extension=blocks,
+            published=committed,
+        )
         server: Server | None = None
-        service = Service(writer, config, lambda: server.connections if server else 0)
+        service = Service(committed, writer, config, lambda: server.connections if server else 0)
         server = Server(service, config.limits)
         metrics = Metrics(service, server)
         service.metrics_text = metrics.text
@@ -173,7 +183,7 @@ async def run_daemon(
                 await nursery.start(node.run)
                 service.cluster = ClusterFrontend(node)
             await ensure_networks(writer, config)
-            suspect = suspect_total(writer.committed)
+            suspect = suspect_total(committed.networks)
             grace = config.leases.reclaim_after_reboot_s
             grace_text = config.leases.reclaim_after_reboot_text or f"{grace}s"
             if suspect:
@@ -198,10 +208,10 @@ async def run_daemon(
                     endpoint = MetricsEndpoint(metrics.render)
                     await nursery.start(endpoint.serve, metrics_listening)
                     log.info("metrics on http://%s/metrics", _address_text(metrics_listening))
-                leases = sum(snap.leases for snap in writer.committed.values())
+                leases = sum(snap.leases for snap in committed.networks.values())
                 log.info(
                     "ready: %d network(s), %d lease(s), socket %s, state %s",
-                    len(writer.committed),
+                    len(committed.networks),
                     leases,
                     config.socket,
                     config.state_dir,

@@ -1,9 +1,11 @@
 """The method table of DESIGN.md section 4: params in, result or `IpamError` out.
 
 Mutations are parsed into typed requests and handed to the writer, which
-answers once their batch is synced. Reads are answered here, synchronously,
-from the writer's `committed` snapshot and the store (LevelDB holds only synced
-data), so they never wait for the writer. Authorisation happens here too: the
+answers with a typed outcome once their batch is synced; the outcome is
+rendered for the wire here (ipamd/wire/results.py), as are the reads. Reads are
+answered here, synchronously, from the committed state
+(ipamd/daemon/committed_state.py: synced data only), so they never wait for
+the writer. Authorisation happens here too: the
 server passes in the caller's SO_PEERCRED credentials and, when allow_gids is
 set, its supplementary groups (ipamd/daemon/peercred.py).
 """
@@ -22,6 +24,7 @@ from ipamd import __version__
 from ipamd.config import Config
 from ipamd.core.lease import Lease, LeaseKey, validate_container_id, validate_ifname
 from ipamd.core.network import parse_address, validate_name
+from ipamd.core.outcomes import Confirmed
 from ipamd.core.requests import (
     AllocRequest,
     ConfirmRequest,
@@ -32,9 +35,11 @@ from ipamd.core.requests import (
     ReleaseRequest,
     check_keys,
 )
+from ipamd.core.snapshot import NetworkSnapshot
+from ipamd.daemon.committed_state import CommittedState
 from ipamd.daemon.mutation_log import MutationLog
 from ipamd.daemon.suspects import stale_line, suspect_total
-from ipamd.daemon.writer import NetworkSnapshot, OnDone, Writer
+from ipamd.daemon.writer import OnDone, Writer
 from ipamd.errors import (
     InvalidRequest,
     IpamError,
@@ -44,6 +49,7 @@ from ipamd.errors import (
     UnknownMethod,
 )
 from ipamd.metrics.instruments import RequestCounters
+from ipamd.wire.results import attachments, network_result, result_of
 from ipamd.wire.values import as_map, as_optional_map
 
 log = logging.getLogger("ipamd.service")
@@ -64,8 +70,6 @@ LEASE_PAGE_MAX = 4000
 # been asked, so they travel the mutations' path (a callback), not the reads'.
 CLUSTER_READS = frozenset({"cluster.status", "cluster.blocks"})
 CLUSTER_METHODS = CLUSTER_READS | {"cluster.release_host"}
-# msgpack integers stop at 64 bits; an IPv6 /64 has 2**64 addresses.
-LARGEST_WIRE_INT = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +102,17 @@ class PendingRead:
         self.start = start
 
 
-def wire_count(n: int) -> int | str:
-    """Counts too big for msgpack's 64-bit integers travel as decimal strings."""
-    return n if n <= LARGEST_WIRE_INT else str(n)
-
-
 class Service:
     def __init__(
         self,
+        committed: CommittedState,
         writer: Writer,
         config: Config,
         connection_count: Callable[[], int] = lambda: 0,
         metrics_text: Callable[[], str] = lambda: "",
     ) -> None:
-        self.writer = writer
+        self.committed = committed  # the reads' source
+        self.writer = writer  # the mutations' way
         self.config = config
         self.connection_count = connection_count
         self.metrics_text = metrics_text  # the Prometheus exposition (metrics.py)
@@ -119,7 +120,7 @@ class Service:
         self.started = time.monotonic()
         self.mutation_log = MutationLog()
         self.counters = RequestCounters()
-        self.boot = writer.allocator.boot
+        self.boot = committed.boot
         self._own_uid = os.getuid()
         self._reads: dict[str, Callable[[dict[str, Any]], Any]] = {
             "ping": self.ping,
@@ -167,9 +168,10 @@ class Service:
         subject, caller = _subject(params), peer.text
         dry_run = params.get("dry_run") is True
 
-        def done(result: Any, error: IpamError | None) -> None:
-            outcome = _outcome(method, result) if error is None else f"{error.name}: {error}"
-            self.mutation_log.record(method, subject, caller, outcome)
+        def done(outcome: Any, error: IpamError | None) -> None:
+            result = result_of(outcome) if error is None else None
+            logged = _outcome(method, result) if error is None else f"{error.name}: {error}"
+            self.mutation_log.record(method, subject, caller, logged)
             self.counters.answered(method, result, error, dry_run=dry_run)
             if method == "gc" and error is None and not dry_run:
                 self._log_collected(result, caller)
@@ -213,7 +215,7 @@ class Service:
 
     def _snapshot(self, name: Any) -> NetworkSnapshot:
         name = validate_name(name)
-        snap = self.writer.committed.get(name)
+        snap = self.committed.network(name)
         if snap is None:
             raise NetworkNotFound(f"could not find network {name!r}")
         return snap
@@ -224,7 +226,8 @@ class Service:
 
     def status(self, params: dict[str, Any]) -> Any:
         check_keys(params, set(), "status")
-        committed = self.writer.committed
+        committed = self.committed.networks
+        counters = self.writer.counters
         leases_config = self.config.leases
         return {
             "version": __version__,
@@ -233,10 +236,10 @@ class Service:
             "state_dir": str(self.config.state_dir),
             "networks": len(committed),
             "leases": sum(snap.leases for snap in committed.values()),
-            "batches": self.writer.batches,
-            "mutations": self.writer.mutations,
-            "mean_batch_size": round(self.writer.mean_batch_size, 3),
-            "failed_writes": self.writer.failed_writes,
+            "batches": counters.batches,
+            "mutations": counters.mutations,
+            "mean_batch_size": round(counters.mean_batch_size, 3),
+            "failed_writes": counters.failed_writes,
             "connections": self.connection_count(),
             "boot": self.boot,
             "suspect": suspect_total(committed),
@@ -248,36 +251,21 @@ class Service:
         check_keys(params, set(), "metrics")
         return {"text": self.metrics_text()}
 
-    def _network_wire(self, snap: NetworkSnapshot, with_stats: bool) -> dict[str, Any]:
-        out = snap.network.to_wire()
-        out["leases"] = snap.leases
-        if with_stats:
-            out["suspect"] = snap.suspect
-            for wire, stats in zip(out["subnets"], snap.subnets, strict=True):
-                wire.update(
-                    size=wire_count(stats.size),
-                    allocatable=wire_count(stats.allocatable),
-                    used=wire_count(stats.used),
-                    free=wire_count(stats.free),
-                    utilisation=round(stats.utilisation, 6),
-                )
-        return out
-
     def network_get(self, params: dict[str, Any]) -> Any:
         check_keys(params, {"name"}, "network.get")
-        return self._network_wire(self._snapshot(params.get("name")), with_stats=True)
+        return network_result(self._snapshot(params.get("name")), with_stats=True)
 
     def network_list(self, params: dict[str, Any]) -> Any:
         check_keys(params, set(), "network.list")
-        committed = self.writer.committed
-        return [self._network_wire(committed[name], with_stats=False) for name in sorted(committed)]
+        committed = self.committed.networks
+        return [network_result(committed[name], with_stats=False) for name in sorted(committed)]
 
     def stats(self, params: dict[str, Any]) -> Any:
         check_keys(params, set(), "stats")
-        committed = self.writer.committed
+        committed = self.committed.networks
         networks = []
         for name in sorted(committed):
-            wire = self._network_wire(committed[name], with_stats=True)
+            wire = network_result(committed[name], with_stats=True)
             networks.append(
                 {
                     "name": name,
@@ -300,7 +288,7 @@ class Service:
         return out
 
     def _lease_wire(self, lease: Lease) -> dict[str, Any]:
-        return lease.to_wire(self.writer.committed[lease.key.network].network, self.boot)
+        return lease.to_wire(self.committed.networks[lease.key.network].network, self.boot)
 
     def get(self, params: dict[str, Any]) -> Any:
         """The leases of a container. Suspect ones make it a `PendingRead` that
@@ -327,8 +315,8 @@ class Service:
             on_done(unconfirmed, None)  # a reader may look, not keep leases alive
             return
 
-        def confirmed(result: Any, error: IpamError | None) -> None:
-            if error is not None:
+        def confirmed(outcome: Confirmed | None, error: IpamError | None) -> None:
+            if error is not None or outcome is None:
                 # Still a read: answer it; the lease stays suspect until the next sign.
                 log.warning("confirming %d suspect lease(s) failed: %s", len(suspects), error)
                 on_done(unconfirmed, None)
@@ -337,7 +325,7 @@ class Service:
                 "get",
                 _subject(params),
                 peer.text,
-                f"confirmed {result['confirmed']} suspect lease(s)",
+                f"confirmed {outcome.count} suspect lease(s)",
             )
             try:
                 on_done(self._get(params), None)
@@ -353,28 +341,25 @@ class Service:
         check_keys(params, {"container_id", "networks"}, "get")
         container_id = validate_container_id(params.get("container_id"))
         wanted = _network_filter(params.get("networks"))
+        committed = self.committed.networks
         leases = sorted(
             (
                 lease
-                for lease in self.writer.store.leases_of(container_id)
-                if lease.key.network in self.writer.committed
-                and (wanted is None or _matches(wanted, lease))
+                for lease in self.committed.leases_of(container_id)
+                if lease.key.network in committed and (wanted is None or _matches(wanted, lease))
             ),
             key=lambda lease: (lease.key.network, lease.key.ifname),
         )
         if not leases:
             raise LeaseNotFound(f"no lease held by container ID {container_id}")
-        networks: dict[str, Any] = {}
+        first: dict[str, Lease] = {}
         for lease in leases:  # per network, the first ifname in order: "" before "eth0"
-            if lease.key.network not in networks:
-                snap = self.writer.committed[lease.key.network]
-                networks[lease.key.network] = {
-                    "ifname": lease.key.ifname,
-                    "ips": lease.ips_to_wire(snap.network),
-                }
+            first.setdefault(lease.key.network, lease)
         return {
             "container_id": container_id,
-            "networks": networks,
+            "networks": attachments(
+                (committed[name].network, lease) for name, lease in first.items()
+            ),
             "leases": [self._lease_wire(lease) for lease in leases],
         }
 
@@ -393,9 +378,7 @@ class Service:
         if not snap.network.subnets:
             return {"leases": []}
         first = snap.network.subnets[0].cidr
-        page = self.writer.store.leases_in_subnet(
-            snap.network.name, first, after_address, limit + 1
-        )
+        page = self.committed.leases_in_subnet(snap.network.name, first, after_address, limit + 1)
         out: dict[str, Any] = {
             "leases": [lease.to_wire(snap.network, self.boot) for lease in page[:limit]]
         }
@@ -406,7 +389,7 @@ class Service:
     def lease_owner(self, params: dict[str, Any]) -> Any:
         check_keys(params, {"network", "ip"}, "lease.owner")
         address = parse_address(params.get("ip"), "ip")
-        committed = self.writer.committed
+        committed = self.committed.networks
         if params.get("network") is not None:
             candidates = [self._snapshot(params["network"])]
         else:
@@ -414,10 +397,10 @@ class Service:
         for snap in candidates:
             if snap.network.subnet_of(address) is None:
                 continue
-            owner = self.writer.store.owner(snap.network.name, address)
+            owner = self.committed.owner(snap.network.name, address)
             if owner is None:
                 continue
-            lease = self.writer.store.lease(owner)
+            lease = self.committed.lease(owner)
             return {
                 "network": owner.network,
                 "container_id": owner.container_id,

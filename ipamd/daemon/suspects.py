@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ipamd.core.requests import ReclaimRequest
+from ipamd.core.snapshot import NetworkSnapshot
 from ipamd.errors import IpamError
+from ipamd.wire.results import result_of
 
 if TYPE_CHECKING:
     from ipamd.daemon.service import Service
-    from ipamd.daemon.writer import NetworkSnapshot
 
 log = logging.getLogger("ipamd.suspects")
 
@@ -62,8 +63,7 @@ async def reclaim_after_reboot(
     """At `deadline` (trio's clock), release every lease still from another boot."""
     task_status.started()
     await trio.sleep_until(deadline)
-    writer = service.writer
-    while suspect_total(writer.committed):
+    while suspect_total(service.committed.networks):
         try:
             await _reclaim_all(service, grace_text)
             return
@@ -73,13 +73,12 @@ async def reclaim_after_reboot(
 
 
 async def _reclaim_all(service: Service, grace_text: str) -> None:
-    writer = service.writer
     after: bytes | None = None
     released = 0
     while True:
-        keys, after = writer.store.suspect_keys(after, RECLAIM_PAGE)
+        keys, after = service.committed.suspect_keys(after, RECLAIM_PAGE)
         if keys:
-            result = await writer.submit(ReclaimRequest(tuple(keys)))
+            result = result_of(await service.writer.submit(ReclaimRequest(tuple(keys))))
             for lease in result["released"]:
                 subject, ips = stale_line(lease)
                 service.mutation_log.record(

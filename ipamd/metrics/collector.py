@@ -85,7 +85,7 @@ class IpamdCollector(Collector):
             " since (suspect: their containers may be gone).",
             labels=("network",),
         )
-        committed = self.service.writer.committed
+        committed = self.service.committed.networks
         for name in sorted(committed):
             snap = committed[name]
             leases.add_metric((name,), snap.leases)
@@ -148,21 +148,22 @@ class IpamdCollector(Collector):
 
     def _writer(self) -> Iterator[Metric]:
         writer = self.service.writer
+        counters = writer.counters
         yield histogram(
             "ipamd_writer_group_size",
             "Mutations per group the writer published (one synced write each);"
             " _count is the groups, _sum the mutations.",
-            writer.group_sizes,
+            counters.group_sizes,
         )
         yield histogram(
             "ipamd_writer_sync_duration_seconds",
             "Time to write and sync one group's LevelDB batch.",
-            writer.sync_seconds,
+            counters.sync_seconds,
         )
         yield CounterMetricFamily(
             "ipamd_writer_failed_writes",
             "Group writes the disk refused (each answered storage_error).",
-            value=writer.failed_writes,
+            value=counters.failed_writes,
         )
         yield GaugeMetricFamily(
             "ipamd_writer_queued_mutations",
@@ -202,7 +203,7 @@ class IpamdCollector(Collector):
         if frontend is None:
             return
         node = frontend.node
-        committed = self.service.writer.committed
+        committed = self.service.committed.networks
         blocks = GaugeMetricFamily(
             "ipamd_cluster_blocks",
             "Blocks of the cluster network this host owns (hands out addresses from).",

@@ -65,6 +65,35 @@ def test_pending_reads_through_and_shadows_the_base() -> None:
     assert base.lease(added.key) is None
 
 
+def test_a_group_sees_the_group_being_written_beneath_it_and_only_that_one() -> None:
+    """The writer decides group 2 while group 1 is being written: group 2 sees
+    group 1's changes, newest first, but never what group 1 itself was decided
+    over (group 0, written before group 1 could be written)."""
+    disk = MemoryLeases()
+    zero = PendingLeases(disk)
+    gone = lease("gone", "10.0.0.3")
+    zero.apply(PutLease(gone))
+    one = PendingLeases(disk, beneath=zero)
+    moved, freed = lease("moved", "10.0.0.1"), lease("freed", "10.0.0.2")
+    one.apply(PutLease(moved))
+    one.apply(PutLease(freed))
+    two = PendingLeases(disk, beneath=one)
+    two.apply(DeleteLease(freed, freed.addresses))
+    again = lease("moved", "10.0.0.9")
+    two.apply(DeleteLease(moved, moved.addresses))
+    two.apply(PutLease(again))
+    assert two.lease(moved.key) is again
+    assert two.lease(freed.key) is None
+    assert two.owner("net", ip("10.0.0.1")) is None
+    assert two.owner("net", ip("10.0.0.9")) == moved.key
+    assert list(two.leases_of("moved")) == [again]
+    assert keys(two.leases_in("net")) == ["moved on network net"]
+    assert two.lease(gone.key) is None  # group 0's layer is not one of group 2's
+    unchanged = PendingLeases(disk, beneath=one)
+    assert unchanged.owner("net", ip("10.0.0.2")) == freed.key
+    assert keys(unchanged.leases_of("freed")) == ["freed on network net"]
+
+
 def test_pending_replaced_lease_is_listed_once() -> None:
     base = MemoryLeases()
     old = lease("c", "10.0.0.1")

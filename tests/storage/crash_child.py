@@ -23,6 +23,7 @@ from ipamd.core.network import Network
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest, ReleaseRequest
 from ipamd.daemon.writer import Writer
 from ipamd.storage.store import Store
+from ipamd.wire.results import result_of
 
 NETWORK = Network.from_wire(
     {"name": "crash", "subnets": [{"subnet": "10.64.0.0/12"}, {"subnet": "fd64::/64"}]}
@@ -38,7 +39,7 @@ async def client(writer: Writer, round_no: int, task: int) -> None:
     i = 0
     while True:
         container_id = f"r{round_no}t{task}n{i}"
-        result = await writer.submit(AllocRequest(container_id, {"crash": Attachment()}))
+        result = result_of(await writer.submit(AllocRequest(container_id, {"crash": Attachment()})))
         ips = [ip["address"].split("/")[0] for ip in result["networks"]["crash"]["ips"]]
         report(f"A {container_id} {' '.join(ips)}")
         if i % 4 == 3:  # churn: release the one before, so addresses get reused

@@ -28,10 +28,12 @@ from ipamd.core.requests import (
     GcRequest,
     ReleaseRequest,
 )
+from ipamd.core.snapshot import snapshot
 from ipamd.core.view import Change, PendingLeases
-from ipamd.daemon.writer import Writer, snapshot
+from ipamd.daemon.writer import Writer
 from ipamd.storage.check import check
 from ipamd.storage.store import Store
+from ipamd.wire.results import result_of
 
 NET = "net"
 NOW = 1_700_000_000
@@ -67,9 +69,10 @@ def release(container_id: str) -> ReleaseRequest:
     return ReleaseRequest(container_id, None)
 
 
-def addresses_of(result: dict[str, Any], net: str = NET) -> tuple[str, ...]:
-    """The bare addresses an `alloc` result gives on `net`."""
-    return tuple(ip["address"].split("/")[0] for ip in result["networks"][net]["ips"])
+def addresses_of(result: Any, net: str = NET) -> tuple[str, ...]:
+    """The bare addresses an `alloc` gives on `net` (its outcome, or its wire result)."""
+    wire = result_of(result)
+    return tuple(ip["address"].split("/")[0] for ip in wire["networks"][net]["ips"])
 
 
 # -- the store and the writer ------------------------------------------------------

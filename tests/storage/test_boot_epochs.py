@@ -16,6 +16,7 @@ import trio.testing
 from ipamd.config import Config
 from ipamd.core.allocator import Allocator
 from ipamd.core.lease import LeaseKey
+from ipamd.core.outcomes import Confirmed
 from ipamd.core.requests import AllocRequest, Attachment, ConfirmRequest, GcRequest
 from ipamd.daemon.mutation_log import LOGGER_NAME, MutationLog
 from ipamd.daemon.service import Service
@@ -123,7 +124,7 @@ async def test_reclaim_waits_for_the_grace_and_spares_what_was_confirmed(
     held = made_in_boot_one(state_dir, "a", "b", "c")
     store, allocator = boot_store(state_dir, "two")
     writer = Writer(store, allocator)
-    service = Service(writer, Config(state_dir=state_dir))
+    service = Service(writer.published, writer, Config(state_dir=state_dir))
     service.mutation_log = MutationLog(mutation_lines)
     finished = trio.Event()
 
@@ -142,7 +143,7 @@ async def test_reclaim_waits_for_the_grace_and_spares_what_was_confirmed(
             assert writer.committed[NET].suspect == 3
             # Within the grace, a is re-ADDed and b is seen by a get (a CNI CHECK).
             assert addresses_of(await writer.submit(alloc("a"))) == held["a"]
-            assert await writer.submit(ConfirmRequest((LeaseKey(NET, "b"),))) == {"confirmed": 1}
+            assert await writer.submit(ConfirmRequest((LeaseKey(NET, "b"),))) == Confirmed(1)
             assert writer.committed[NET].suspect == 1
             mock_clock.jump(0.4)
             await trio.testing.wait_all_tasks_blocked()

@@ -1,8 +1,9 @@
-"""The committer thread: batches written in order, outcomes back to the caller,
-and a clean end. (The writer's tests cover it over the real store.)"""
+"""The committer thread: jobs run in order, outcomes back to the caller, and a
+clean end. (The writer's tests cover it over the real store.)"""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -27,16 +28,20 @@ class Recorder:
         self.written.append(batch)
 
 
+async def commit(committer: Committer, recorder: Any, batch: Any) -> None:
+    await committer.run(functools.partial(recorder, batch))
+
+
 def committer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "ipamd-committer"]
 
 
 async def test_batches_are_written_in_order_off_the_event_loop() -> None:
     recorder = Recorder()
-    committer = Committer(recorder)
+    committer = Committer()
     try:
         for batch in range(200):
-            await committer.commit(batch)
+            await commit(committer, recorder, batch)
     finally:
         committer.close()
     assert recorder.written == list(range(200))
@@ -45,11 +50,11 @@ async def test_batches_are_written_in_order_off_the_event_loop() -> None:
 
 async def test_a_failed_write_raises_in_the_caller_and_the_next_one_works() -> None:
     recorder = Recorder()
-    committer = Committer(recorder)
+    committer = Committer()
     try:
         with pytest.raises(StorageError, match="disk on fire"):
-            await committer.commit(StorageError("disk on fire"))
-        await committer.commit("after")
+            await commit(committer, recorder, StorageError("disk on fire"))
+        await commit(committer, recorder, "after")
     finally:
         committer.close()
     assert recorder.written == ["after"]
@@ -71,10 +76,10 @@ async def test_a_write_in_flight_is_waited_for_even_by_a_cancelled_caller() -> N
     async def cancelled_caller() -> None:
         with trio.CancelScope() as scope:
             scope.cancel()
-            await committer.commit("slow")
+            await commit(committer, slow_commit, "slow")
         seen_on_return.append(list(written))
 
-    committer = Committer(slow_commit)
+    committer = Committer()
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(cancelled_caller)
@@ -86,9 +91,19 @@ async def test_a_write_in_flight_is_waited_for_even_by_a_cancelled_caller() -> N
     assert seen_on_return == [["slow"]]
 
 
+async def test_a_job_returns_its_result_to_the_caller() -> None:
+    """What recovery relies on: the database reopened and rebuilt in the thread."""
+    committer = Committer()
+    try:
+        where = await committer.run(lambda: threading.current_thread().name)
+    finally:
+        committer.close()
+    assert where == "ipamd-committer"
+
+
 def test_close_ends_the_thread() -> None:
     before = len(committer_threads())
-    committer = Committer(Recorder())
+    committer = Committer()
     assert len(committer_threads()) == before + 1
     committer.close()
     assert len(committer_threads()) == before

@@ -24,6 +24,7 @@ from ipamd.core.lease import LeaseKey
 from ipamd.daemon.writer import Writer
 from ipamd.errors import IpamError, StorageError
 from ipamd.storage.store import Store
+from ipamd.wire.results import result_of
 from tests.storage.storage_helpers import (
     NET,
     addresses_of,
@@ -109,7 +110,10 @@ async def test_a_full_disk_fails_writes_keeps_reads_and_recovers_without_restart
             answered["after-space-freed"] = addresses_of(after)
             # The failed allocations left nothing behind: the next address is
             # the one after the last answered lease.
-            assert after["networks"][NET]["ips"][0]["address"] == f"10.88.0.{len(answered)}/16"
+            assert (
+                result_of(after)["networks"][NET]["ips"][0]["address"]
+                == f"10.88.0.{len(answered)}/16"
+            )
             more = await writer.submit(alloc("and-more"))
             answered["and-more"] = addresses_of(more)
         on_disk = assert_matches_disk(writer)

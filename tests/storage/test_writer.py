@@ -19,10 +19,13 @@ import pytest
 import trio
 import trio.testing
 
-import ipamd.daemon.writer
+import ipamd.daemon.recovery
+import ipamd.daemon.syncer
 from ipamd.core.lease import Lease, LeaseKey
 from ipamd.core.requests import DeleteNetworkRequest, Mutation, ReleaseRequest
-from ipamd.daemon.writer import NetworkSnapshot, Writer, WriterFailed, snapshot
+from ipamd.core.snapshot import NetworkSnapshot, snapshot
+from ipamd.daemon.recovery import WriterFailed
+from ipamd.daemon.writer import Writer
 from ipamd.errors import IpamError, NetworkNotFound, StorageError, Unavailable
 from ipamd.storage.store import Store, StoreUnavailable
 from tests.storage.storage_helpers import (
@@ -132,9 +135,10 @@ async def test_group_commit_forms_batches_and_every_answer_is_on_disk(state_dir:
 
     mutations = 1 + tasks + tasks // 3
     syncs = flaky(writer).syncs
-    print(f"{mutations} mutations in {syncs} synced writes, mean batch {writer.mean_batch_size}")
-    assert writer.mutations == mutations
-    assert syncs == writer.batches
+    mean = writer.counters.mean_batch_size
+    print(f"{mutations} mutations in {syncs} synced writes, mean batch {mean}")
+    assert writer.counters.mutations == mutations
+    assert syncs == writer.counters.batches
     assert syncs < mutations / 4
     on_disk = assert_matches_disk(writer)
     assert {key.container_id for key in on_disk} == set(answered)
@@ -163,7 +167,7 @@ async def test_a_group_mixes_successes_and_refusals(state_dir: Path) -> None:
             },
         )
         nursery.cancel_scope.cancel()
-    assert writer.batches == 1 and flaky(writer).syncs == syncs + 1
+    assert writer.counters.batches == 1 and flaky(writer).syncs == syncs + 1
     assert addresses_of(outcomes["a"]) == ("10.88.0.1",)
     assert getattr(outcomes["static-taken"], "name", None) == "address_in_use"
     assert isinstance(outcomes["unknown"], NetworkNotFound)
@@ -219,7 +223,7 @@ def check_nothing_of_the_group_is_visible(
     for name, answer in outcomes.items():
         assert isinstance(answer, StorageError), name
         assert answer.name == "storage_error" and "Input/output error" in answer.message
-    assert writer.failed_writes == 1 and writer.batches == 0
+    assert writer.counters.failed_writes == 1 and writer.counters.batches == 0
     # Nothing of the group is visible: not in the published state, not on disk,
     # and what is published is what a rebuild from disk gives. (The writer's
     # working pools are rebuilt from disk before its next decision; the caller
@@ -254,7 +258,7 @@ async def test_a_failed_reopen_refuses_reads_and_is_retried(state_dir: Path) -> 
 async def test_a_reopen_failing_for_too_long_stops_the_writer(
     state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ipamd.daemon.writer, "REOPEN_GIVE_UP_S", -1.0)
+    monkeypatch.setattr(ipamd.daemon.recovery, "REOPEN_GIVE_UP_S", -1.0)
     writer = flaky_writer(state_dir)
     store = flaky(writer)
     answers: list[Any] = []
@@ -336,9 +340,9 @@ async def test_an_identical_create_on_an_idle_writer_is_answered_without_a_write
     writer = flaky_writer(state_dir)
     async with running(writer):
         created = await writer.submit(create(network()))
-        batches, syncs = writer.batches, flaky(writer).syncs
+        batches, syncs = writer.counters.batches, flaky(writer).syncs
         assert await writer.submit(create(network())) == created
-        assert (writer.batches, flaky(writer).syncs) == (batches, syncs)
+        assert (writer.counters.batches, flaky(writer).syncs) == (batches, syncs)
         other = await outcome(writer, create(network(NET, "10.99.0.0/24")))
         assert getattr(other, "name", None) == "network_exists"
 
@@ -377,7 +381,7 @@ async def test_a_lone_group_is_written_on_the_loops_thread_while_syncs_are_quick
 ) -> None:
     # "Quick" made generous, so that a loaded machine's real fsyncs still count as
     # quick; only the injected slow write below is not.
-    monkeypatch.setattr(ipamd.daemon.writer, "INLINE_SYNC_MAX_S", 0.25)
+    monkeypatch.setattr(ipamd.daemon.syncer, "INLINE_SYNC_MAX_S", 0.25)
     writer = flaky_writer(state_dir, max_batch=1)
     store = flaky(writer)
     loop, committer = threading.current_thread().name, "ipamd-committer"
@@ -441,7 +445,7 @@ async def test_a_group_is_decided_while_the_one_before_is_written(state_dir: Pat
 
     assert addresses_of(outcomes["first"]) == addresses_of(outcomes["retry"]) == ("10.88.0.1",)
     assert addresses_of(outcomes["second"]) == ("10.88.0.2",)
-    assert writer.batches == 3
+    assert writer.counters.batches == 3
     assert set(assert_matches_disk(writer)) == {LeaseKey(NET, "a"), LeaseKey(NET, "b")}
 
 
