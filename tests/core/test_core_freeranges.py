@@ -107,6 +107,7 @@ def operations(draw: st.DrawFn, universe: st.SearchStrategy[tuple[int, int]]) ->
         st.tuples(st.just("query"), address, st.integers(-3, 48)),
         st.tuples(st.just("take_first"), address, st.integers(-3, 48)),
         st.tuples(st.just("give_if_used"), address),
+        st.tuples(st.just("give_range"), address, st.integers(-3, 48)),
     )
     return low, high, draw(st.lists(op, max_size=60))
 
@@ -135,6 +136,11 @@ def run_operations(low: int, high: int, ops: list[Op]) -> None:
             last = address + op[2]
             index.take_range(address, last)
             model.used |= set(range(max(address, low), min(last, high) + 1))
+        elif name == "give_range":
+            last = address + op[2]
+            span = set(range(max(address, low), min(last, high) + 1))
+            assert index.give_range(address, last) == len(span & model.used)
+            model.used -= span
         elif name == "give_if_used":
             if model.in_bounds(address):
                 assert index.give_if_used(address) == (address in model.used)
@@ -286,6 +292,17 @@ def test_take_range_clips_and_spans_runs() -> None:
     index.take_range(20, 99)
     index.take_range(9, 4)  # empty: nothing happens
     assert runs(index) == [(1, 2), (13, 14), (16, 19)]
+
+
+def test_give_range_merges_the_runs_it_touches() -> None:
+    index = FreeRanges.from_used(0, 20, [1, 2, 3, 5, 6, 7, 8, 12])
+    assert index.give_range(3, 7) == 4  # 3, 5, 6, 7; 4 was free
+    assert runs(index) == [(0, 0), (3, 7), (9, 11), (13, 20)]
+    assert index.give_range(8, 8) == 1  # adjacent on both sides: one run
+    assert runs(index) == [(0, 0), (3, 11), (13, 20)]
+    assert index.give_range(15, 99) == 0  # clipped; free already
+    assert index.give_range(9, 4) == 0  # empty: nothing happens
+    assert runs(index) == [(0, 0), (3, 11), (13, 20)]
 
 
 def test_misuse_raises_value_error_naming_the_offset() -> None:
