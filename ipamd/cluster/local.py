@@ -213,19 +213,30 @@ def _open_block(
 ) -> None:
     """Put a newly owned block's free addresses into the index: every address
     that may be handed out and that no lease holds. `view` None: the block
-    holds no lease of this host (no need to ask for each address)."""
+    holds no lease of this host, so its spans between reserved ranges open
+    whole (a few index operations a block, not one an address)."""
     subnet = subnet_pool.subnet
     first, last = space.offsets(index)
     low, high = subnet.host_bounds
-    reserved = subnet.reserved_ranges()
+    first, last = max(first, low), min(last, high)
+    reserved = sorted(subnet.reserved_ranges())
     range_first, range_last = subnet.lease_range
-    for offset in range(max(first, low), min(last, high) + 1):
-        if any(a <= offset <= b for a, b in reserved):
-            continue
-        if view is not None and view.owner(network, subnet.address_at(offset)) is not None:
-            continue
-        if subnet_pool.free.give_if_used(offset) and range_first <= offset <= range_last:
-            subnet_pool.free_in_range += 1
+    in_range = max(first, range_first), min(last, range_last)
+    before = subnet_pool.free.count_free(*in_range)
+    if view is None:
+        cursor = first
+        for a, b in reserved:
+            if b >= cursor and a <= last:
+                subnet_pool.free.give_range(cursor, a - 1)
+                cursor = max(cursor, b + 1)
+        subnet_pool.free.give_range(cursor, last)
+    else:
+        for offset in range(first, last + 1):
+            if any(a <= offset <= b for a, b in reserved):
+                continue
+            if view.owner(network, subnet.address_at(offset)) is None:
+                subnet_pool.free.give_if_used(offset)
+    subnet_pool.free_in_range += subnet_pool.free.count_free(*in_range) - before
 
 
 def _close_range(subnet_pool: SubnetPool, first: int, last: int) -> None:
