@@ -77,8 +77,13 @@ MAX_CLAIM_TRIES = 64
 # one and MAX_BLOCKS_PER_CLAIM in one transaction. A host allocating 20,000 a
 # second fills a /26 in 3 ms: it claims 64 blocks about five times a second; a
 # host starting a container a minute claims one block when the last runs low.
+# The pace is the larger of the one measured since the claim before and the
+# one before that, decayed with this time constant: a burst that resumes after
+# a pause of a second or two (the measured pace then spans the pause) is met
+# at its old pace, not with one block.
 LEAD_S = 0.05
 COVER_S = 0.25
+PACE_MEMORY_S = 10.0
 MAX_BLOCKS_PER_CLAIM = 64
 
 
@@ -109,9 +114,9 @@ class ClusterNode:
         # Blocks known taken (by anyone), per (network, subnet): from scans and failed claims.
         self._taken: dict[tuple[str, int], set[int]] = {}
         self._exhausted: dict[tuple[str, int], float] = {}  # monotonic time a claim found none
-        # Per (network, subnet): when the last claim started and the subnet's
-        # leases then (monotonic time, used), to size the next one.
-        self._pace: dict[tuple[str, int], tuple[float, int]] = {}
+        # Per (network, subnet): when the last claim started, the subnet's
+        # leases then and the pace it was sized by (monotonic time, used, per s).
+        self._pace: dict[tuple[str, int], tuple[float, int, float]] = {}
         self._empty_since: dict[tuple[str, IPNetwork], float] = {}
         self._published: bytes | None = None
         # From the last catch-up, for `stats`: each block's owner, and the
@@ -424,17 +429,21 @@ class ClusterNode:
 
     def _plan_claim(self, network: Network, index: int) -> int:
         """How many blocks a claim of subnet `index` starting now takes, and the
-        low-water mark from now on: from the pace its leases grew at since the
-        claim before (see LEAD_S). After a quiet spell: one block, half a block."""
+        low-water mark from now on, from the pace of its leases (see LEAD_S).
+        The first claim, or one after a long quiet spell: one block, and half a
+        block as the mark."""
         key = (network.name, index)
         now = time.monotonic()
         snap = self.writer.committed.get(network.name)
         used = snap.subnets[index].used if snap is not None else 0
-        last = self._pace.get(key)
-        self._pace[key] = (now, used)
         rate = 0.0
-        if last is not None and now > last[0]:
-            rate = max(0, used - last[1]) / (now - last[0])
+        last = self._pace.get(key)
+        if last is not None:
+            since, used_then, rate_then = last
+            elapsed = now - since
+            measured = max(0, used - used_then) / elapsed if elapsed > 0 else 0.0
+            rate = max(measured, rate_then * math.exp(-elapsed / PACE_MEMORY_S))
+        self._pace[key] = (now, used, rate)
         size = BlockSpace(network.subnets[index]).block_size
         watched = self._low_water.get(network.name)
         if watched is not None and watched[0] is network:
