@@ -1,4 +1,4 @@
-"""The msgpack-RPC server: one epoll loop serves every connection on the Unix socket.
+"""The msgpack-RPC server: one epoll loop drives every connection on the Unix socket.
 
 Why one loop and not one trio task per connection: a closed-loop client's next
 request is rarely there when its task asks, so every request cost a trio wait
@@ -9,27 +9,23 @@ built this way at about 7. Here every connection is registered once in a
 private, level-triggered epoll set; one trio task (the poller) waits for that
 set to become readable and then serves every ready connection in one round.
 
-Rules it keeps:
-- A connection is a thin driver around a sans-IO `RpcConnection`: bytes in,
-  events out. Every round reads at most once from each ready connection and
-  serves at most EVENTS_PER_TURN of its mutations or one read, so one client's
-  pipelined burst cannot stall the others; the rest waits for later rounds.
-  The poller yields to trio after every round, so the writer, the acceptor and
-  the sweeper always get their turn.
-- Reads are answered inline, in order; mutations are queued to the writer (at
-  most `max_in_flight` per connection: beyond that the connection stops
-  reading, which pushes back on the client) and are answered by msgid from the
-  writer's callback when their batch is synced, possibly out of order.
-- Answers are written at once, without blocking; what the socket has no room
-  for waits in the connection's outbox and leaves when epoll says the socket is
-  writable. A connection whose outbox is over OUTBOX_HIGH_WATER stops reading.
-  The writer never waits on a client.
-- A client that misbehaves loses its own connection and nothing else: the
-  sweeper closes connections idle past `idle_timeout_s`, with a frame
-  half-sent for longer than that (trickling bytes does not reset it), or with
-  answers unread for SEND_TIMEOUT_S. A frame the stream cannot recover from
-  is answered and the connection closed.
-- A client that closes its side still gets the answers to what it sent.
+This module is only the driver. What a connection does next (read, serve,
+hold back, drain, close, time out) is decided by its sans-IO
+`ServerConnection` (ipamd/wire/connection.py); here are the socket, epoll, the
+clock and the service. Rules the driver keeps:
+- One round: write the answers the writer queued; read at most once from
+  each ready connection, serve one turn of it and write its answers; serve
+  one turn of every connection with a backlog; then yield to trio, so the
+  writer, the acceptor and the sweeper always get their turn.
+- Reads are answered inline, in order; a read ends the connection's turn.
+  Mutations are queued to the writer and answered by msgid when their batch
+  is synced, possibly out of order.
+- The writer's task never writes a socket: it hands an answer to `_answered`,
+  which only queues it and wakes the poller; the poller gives it to its
+  connection and writes it, first thing in its next round. Writes never block;
+  what the socket has no room for waits until epoll says it is writable.
+- A client that misbehaves loses its own connection and nothing else; the
+  sweeper applies the connections' deadlines.
 - Running out of file descriptors pauses accepting briefly; it never stops the
   server.
 """
@@ -51,28 +47,22 @@ from ipamd.daemon.peercred import peer_credentials
 from ipamd.daemon.service import PendingRead, Service
 from ipamd.errors import IpamError, Unavailable
 from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram
-from ipamd.wire.limits import Limits
-from ipamd.wire.protocol import (
-    NEED_DATA,
-    Notification,
-    ProtocolViolation,
-    Request,
-    RpcConnection,
+from ipamd.wire.connection import (
+    BACKLOG,
+    CLOSED,
+    READING,
+    SEND_TIMEOUT_S,
+    ServerConnection,
+    Timeout,
 )
+from ipamd.wire.limits import Limits
+from ipamd.wire.protocol import ProtocolViolation, Request
 
 log = logging.getLogger("ipamd.server")
 
 RECEIVE_BYTES = 64 << 10
-# Mutations taken from one connection per round: enough to drain a typical
-# pipelined burst in one read, few enough that a round stays short. (Queuing a
-# mutation is cheap; an inline read ends the connection's turn.)
-EVENTS_PER_TURN = 32
 # Ready connections taken from epoll per round (the rest wait for the next round).
 EVENTS_PER_POLL = 1024
-# A client that has not read its responses for this long is stuck or hostile.
-SEND_TIMEOUT_S = 10.0
-# Responses queued for a client beyond this stop the connection reading more.
-OUTBOX_HIGH_WATER = 1 << 20
 # The sweeper's period, at most: timeouts fire up to this late.
 SWEEP_INTERVAL_S = 1.0
 # accept() failing for lack of descriptors or memory: wait for some to free up.
@@ -84,16 +74,33 @@ WRITABLE = select.EPOLLOUT
 HANGUP = select.EPOLLHUP | select.EPOLLERR
 
 
+class Client:
+    """One accepted socket and the sans-IO connection it drives."""
+
+    __slots__ = ("conn", "fd", "mask", "peer", "sock")
+
+    def __init__(self, sock: socket.socket, limits: Limits, with_groups: bool) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        # Groups cost a second getsockopt: only when allow_gids can use them.
+        self.peer = peer_credentials(sock, with_groups=with_groups)
+        self.conn = ServerConnection(limits, time.monotonic())
+        self.mask = 0  # what epoll watches for us now; 0: not registered
+
+    def __repr__(self) -> str:
+        return f"<Client fd={self.fd} {self.peer}>"
+
+
 class Server:
     def __init__(self, service: Service, limits: Limits) -> None:
         self.service = service
         self.limits = limits
-        self.in_flight = 0
+        self.in_flight = 0  # mutations (and reads that write) whose answer is not written yet
         self._epoll = select.epoll()
-        self._by_fd: dict[int, Connection] = {}
-        # Connections with complete requests still buffered: served next round
-        # whether or not their socket is readable.
-        self._backlog: set[Connection] = set()
+        self._by_fd: dict[int, Client] = {}
+        self._backlog: set[Client] = set()  # to serve next round, readable or not
+        # Answers to mutations, queued by the writer's task for the poller to write.
+        self._answers: list[tuple[Client, int, float | None, Any, IpamError | None]] = []
         self._idle_wait: trio.CancelScope | None = None  # the poller, waiting
         self._accept_scope = trio.CancelScope()
         self._quiet = trio.Event()  # set whenever no mutation is in flight
@@ -111,7 +118,7 @@ class Server:
         self._accept_scope.cancel()
 
     async def wait_quiet(self) -> None:
-        """Until no mutation is in flight on any connection."""
+        """Until every mutation in flight is answered and its answer handed to its socket."""
         while self.in_flight:
             await self._quiet.wait()
 
@@ -130,13 +137,14 @@ class Server:
                     await self._accept_loop(sock)
                 sock.close()  # stop accepting; open connections carry on
         finally:
-            for connection in list(self._by_fd.values()):
-                connection.close()
+            for client in list(self._by_fd.values()):
+                self._close(client)
             self._epoll.close()
 
     # -- accepting -------------------------------------------------------------------
 
     async def _accept_loop(self, sock: trio.socket.SocketType) -> None:
+        with_groups = bool(self.service.config.allow_gids)
         while True:
             try:
                 accepted, _ = await sock.accept()
@@ -147,22 +155,22 @@ class Server:
                 await trio.sleep(ACCEPT_BACKOFF_S)
                 continue
             # Ours from here on: a plain non-blocking socket that only our epoll set watches.
-            client = socket.socket(fileno=accepted.detach())
-            client.setblocking(False)
+            sock_ = socket.socket(fileno=accepted.detach())
+            sock_.setblocking(False)
             if self.connections >= self.limits.max_connections:
                 log.warning("connection cap (%d) reached; refusing one", self.connections)
                 self.refused += 1
-                client.close()
+                sock_.close()
                 continue
             try:
-                connection = Connection(self, client)
+                client = Client(sock_, self.limits, with_groups)
             except OSError as e:  # gone before we could ask who it is
                 log.debug("dropping a connection at once: %s", e.strerror)
-                client.close()
+                sock_.close()
                 continue
-            self._by_fd[connection.fd] = connection
+            self._by_fd[client.fd] = client
             self.accepted += 1
-            connection.update_interest()
+            self._watch(client)
 
     # -- the poller ------------------------------------------------------------------
 
@@ -170,344 +178,229 @@ class Server:
         epoll = self._epoll
         while True:
             ready = epoll.poll(0, EVENTS_PER_POLL)
-            if not ready and not self._backlog:
+            if not ready and not self._backlog and not self._answers:
                 await self._wait_for_events()
                 continue
             now = time.monotonic()
             by_fd = self._by_fd
+            if self._answers:  # first: their clients have waited for the writer already
+                answers, self._answers = self._answers, []
+                for answer in answers:
+                    self._deliver(*answer)
             for fd, events in ready:
-                connection = by_fd.get(fd)
-                if connection is None:
+                client = by_fd.get(fd)
+                if client is None:
                     continue  # closed earlier in this round
-                if events & WRITABLE or (events & HANGUP and connection.outbox):
-                    connection.flush()
-                if connection.closed:
-                    continue
-                if connection.mask & READABLE:
-                    if events & (READABLE | HANGUP) and not connection.buffered:
-                        connection.on_readable(now)
-                elif events & HANGUP:
+                if events & WRITABLE or (events & HANGUP and client.conn.unsent):
+                    self._flush(client, now)
+                if client.mask & READABLE:
+                    if events & (READABLE | HANGUP) and client.conn.state is READING:
+                        self._read(client, now)
+                elif events & HANGUP and client.mask:
                     # Reported whatever the mask says: stop watching until we want
                     # to read again (or the next write fails), or it spins.
-                    connection.unwatch()
+                    self._register(client, 0)
             if self._backlog:
                 backlog, self._backlog = self._backlog, set()
-                for connection in backlog:
-                    connection.serve_buffered()
+                for client in backlog:
+                    self._serve(client, now)
             await trio.lowlevel.checkpoint()
 
     async def _wait_for_events(self) -> None:
-        # Cancelled by `wake` when a connection gains buffered work (an answer
-        # freed its last slot) while the epoll set itself may stay quiet.
+        # Cancelled by `_wake` when there is work the epoll set cannot show:
+        # answers the writer queued, or requests that a write unblocked.
         with trio.CancelScope() as self._idle_wait:
             await trio.lowlevel.wait_readable(self._epoll.fileno())
         self._idle_wait = None
 
-    def wake(self, connection: Connection) -> None:
-        """Serve `connection`'s buffered requests in the next round."""
-        self._backlog.add(connection)
+    def _wake(self) -> None:
         if self._idle_wait is not None:
             self._idle_wait.cancel()
 
-    # -- timeouts --------------------------------------------------------------------
+    # -- one connection's turn ---------------------------------------------------------
 
-    async def _sweep_loop(self) -> None:
-        idle = self.limits.idle_timeout_s
-        interval = min(SWEEP_INTERVAL_S, idle / 4, SEND_TIMEOUT_S / 4)
-        while True:
-            await trio.sleep(interval)
-            now = time.monotonic()
-            for connection in list(self._by_fd.values()):
-                connection.check_timeouts(now, idle)
-
-    # -- bookkeeping for graceful shutdown ---------------------------------------------
-
-    def mutation_started(self) -> None:
-        # A fresh event only when leaving quiet: `wait_quiet` may be waiting on the
-        # current one, which must be the one set when in_flight drops back to 0.
-        if self._quiet.is_set():
-            self._quiet = trio.Event()
-        self.in_flight += 1
-
-    def mutation_done(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self._quiet.set()
-
-    def register(self, fd: int, mask: int, registered: bool) -> None:
-        if not mask:
-            self._epoll.unregister(fd)
-        elif registered:
-            self._epoll.modify(fd, mask)
-        else:
-            self._epoll.register(fd, mask)
-
-    def forget(self, connection: Connection) -> None:
-        self._by_fd.pop(connection.fd, None)
-        self._backlog.discard(connection)
-
-
-class Connection:
-    """One client: its protocol state, answers not yet written, and timers."""
-
-    def __init__(self, server: Server, sock: socket.socket) -> None:
-        self.server = server
-        self.service = server.service
-        self.sock = sock
-        self.fd = sock.fileno()
-        # Groups cost a second getsockopt: only when allow_gids can use them.
-        self.peer = peer_credentials(sock, with_groups=bool(self.service.config.allow_gids))
-        self.rpc = RpcConnection("server", server.limits)
-        self.max_in_flight = server.limits.max_in_flight
-        self.in_flight = 0
-        self.outbox: list[bytes] = []
-        self.outbox_bytes = 0
-        self.mask = 0  # what epoll watches for us now; 0: not registered
-        self.buffered = False  # complete requests may wait in `rpc`, unserved
-        self.eof = False  # the client closed its side (or we stopped reading for good)
-        self.closed = False
-        now = time.monotonic()
-        self.active_at = now  # last bytes received or answer sent: the idle clock
-        # When the bytes of the requests now buffered were read: no read happens while
-        # any are buffered, so it is every one's arrival time (for alloc latency).
-        self.read_at = now
-        self.frame_started_at: float | None = None  # first byte of an unfinished frame
-        self.stuck_since: float | None = None  # the outbox last made no progress
-
-    def __repr__(self) -> str:
-        return f"<Connection fd={self.fd} {self.peer}>"
-
-    # -- interest ------------------------------------------------------------------------
-
-    def update_interest(self) -> None:
-        """Tell epoll what we wait for: bytes while we may read, room while answers wait."""
-        if self.closed:
-            return
-        mask = 0
-        # Buffered requests do not stop us watching: the poller does not read a
-        # connection whose backlog it is still serving, and watching on spares a
-        # pair of epoll_ctl calls per inline read.
-        if (
-            not self.eof
-            and self.in_flight < self.max_in_flight
-            and self.outbox_bytes <= OUTBOX_HIGH_WATER
-        ):
-            mask = READABLE
-        if self.outbox:
-            mask |= WRITABLE
-        if mask != self.mask:
-            self.server.register(self.fd, mask, registered=bool(self.mask))
-            self.mask = mask
-
-    def unwatch(self) -> None:
-        """Stop epoll reporting a hang-up we cannot act on yet; `update_interest`
-        watches again once we want to read or write."""
-        if self.mask:
-            self.server.register(self.fd, 0, registered=True)
-            self.mask = 0
-
-    # -- reading -------------------------------------------------------------------------
-
-    def on_readable(self, now: float) -> None:
+    def _read(self, client: Client, now: float) -> None:
         try:
-            data = os.read(self.fd, RECEIVE_BYTES)
+            data = os.read(client.fd, RECEIVE_BYTES)
         except BlockingIOError:
             return  # a spurious wake-up
         except OSError as e:
-            log.debug("receive from %s failed: %s", self.peer, e.strerror)
-            self.close()
+            log.debug("receive from %s failed: %s", client.peer, e.strerror)
+            self._close(client)
             return
-        self.active_at = self.read_at = now
-        self.rpc.receive_data(data)
-        if not data:
-            self.eof = True
-        self.serve_buffered()
+        client.conn.receive_data(data, now)
+        self._serve(client, now)
 
-    def serve_buffered(self) -> None:
-        """Act on up to EVENTS_PER_TURN complete requests, then settle what epoll watches."""
-        if self.closed:
-            return
-        self.buffered = False
-        for _ in range(EVENTS_PER_TURN):
-            if self.in_flight >= self.max_in_flight or self.outbox_bytes > OUTBOX_HIGH_WATER:
-                self.buffered = True  # resumed when answers are sent or read
-                break
-            event = self.rpc.next_event()
-            if event is NEED_DATA:
-                break
-            if isinstance(event, Request):
+    def _serve(self, client: Client, now: float) -> None:
+        """Act on one turn of `client`'s events, then write its answers."""
+        conn = client.conn
+        while (event := conn.next_event()) is not None:
+            if type(event) is Request:
                 if self.service.is_mutation(event.method):
-                    self._start_mutation(event)
+                    self._start_mutation(client, event)
                 else:
-                    error, result = self._read(event)
-                    if isinstance(result, PendingRead):  # a get that confirms first
-                        self._start_pending_read(event.msgid, result)
-                    else:
-                        self._reply(event.msgid, error, result)
+                    self._answer_read(client, event)
                     # A read is answered inline and may be costly (a page of leases):
                     # it ends this connection's turn, so a burst of them from one
                     # client interleaves with everyone else's requests.
-                    if not self.closed:
-                        self.buffered = True
-                        self.server.wake(self)
+                    conn.end_turn()
                     break
-            elif isinstance(event, Notification):
-                log.debug("ignoring notification %r from %s", event.method, self.peer)
-            elif isinstance(event, ProtocolViolation):
-                log.info("bad frame from %s: %s", self.peer, event.error)
+            elif isinstance(event, ProtocolViolation):  # already answered by `conn`
+                log.info("bad frame from %s: %s", client.peer, event.error)
                 self.service.counters.errors["frame", event.error.name] += 1
-                if event.msgid is not None or event.fatal:
-                    self._reply(event.msgid or 0, event.error, None)
-                if event.fatal:
-                    self.eof = True  # nothing more is read; what is in flight is answered
-                    break
-            if self.closed:
-                return
-        else:
-            self.buffered = True  # the turn is over; more may wait
-            self.server.wake(self)
-        if not self.buffered:  # every complete frame served: only a partial one may wait
-            if not self.rpc.in_frame:
-                self.frame_started_at = None
-            elif self.frame_started_at is None:
-                self.frame_started_at = self.active_at
-        self._settle()
+            else:
+                log.debug("ignoring notification %r from %s", event.method, client.peer)
+        self._flush(client, now)
 
-    def _read(self, request: Request) -> tuple[IpamError | None, Any]:
+    def _answer_read(self, client: Client, request: Request) -> None:
         try:
-            return None, self.service.read(request.method, request.params)
+            result = self.service.read(request.method, request.params)
         except IpamError as e:
-            return e, None
+            client.conn.send_response(request.msgid, e, None)
+            return
         except Exception:
             log.exception("%s failed", request.method)
             error = Unavailable(f"internal error in {request.method}; see the daemon's log")
             self.service.counters.answered(request.method, None, error)
-            return error, None
+            client.conn.send_response(request.msgid, error, None)
+            return
+        if isinstance(result, PendingRead):  # a get that confirms first
+            self._start_pending_read(client, request.msgid, result)
+        else:
+            client.conn.send_response(request.msgid, None, result)
 
     # -- mutations -----------------------------------------------------------------------
 
-    def _start_mutation(self, request: Request) -> None:
-        self.in_flight += 1
-        self.server.mutation_started()
-        received = self.read_at if request.method == "alloc" else None
-        answered = functools.partial(self._mutation_answered, request.msgid, received)
+    def _start_mutation(self, client: Client, request: Request) -> None:
+        self._mutation_started()
+        received = client.conn.received_at if request.method == "alloc" else None
+        answered = functools.partial(self._answered, client, request.msgid, received)
         try:
-            self.service.start_mutation(request.method, request.params, self.peer, answered)
+            self.service.start_mutation(request.method, request.params, client.peer, answered)
         except IpamError as e:
             answered(None, e)
         except Exception:
             log.exception("%s failed", request.method)
             answered(None, Unavailable("internal error; see the daemon's log"))
 
-    def _start_pending_read(self, msgid: int, read: PendingRead) -> None:
-        """Answered from the writer's callback, as a mutation is."""
-        self.in_flight += 1
-        self.server.mutation_started()
-        answered = functools.partial(self._mutation_answered, msgid, None)
+    def _start_pending_read(self, client: Client, msgid: int, read: PendingRead) -> None:
+        """Answered through `_answered`, as a mutation is."""
+        self._mutation_started()
+        answered = functools.partial(self._answered, client, msgid, None)
         try:
-            read.start(self.peer, answered)
+            read.start(client.peer, answered)
         except Exception:
             log.exception("a read that writes failed")
             answered(None, Unavailable("internal error; see the daemon's log"))
 
-    def _mutation_answered(
-        self, msgid: int, received: float | None, result: Any, error: IpamError | None
+    def _answered(
+        self,
+        client: Client,
+        msgid: int,
+        received: float | None,
+        result: Any,
+        error: IpamError | None,
     ) -> None:
-        """The writer's callback (or the refusal above); `received`: when an alloc was read."""
+        """The answer to a mutation, from the writer's task (or a refusal, from ours):
+        queued for the poller, which hands it to the connection and writes it."""
+        self._answers.append((client, msgid, received, result, error))
+        self._wake()
+
+    def _deliver(
+        self,
+        client: Client,
+        msgid: int,
+        received: float | None,
+        result: Any,
+        error: IpamError | None,
+    ) -> None:
+        """Give an answer to its connection and write it; `received`: when an alloc was read."""
+        client.conn.send_response(msgid, error, result)
+        if client.conn.state is not CLOSED:  # else nobody is left to tell
+            now = time.monotonic()
+            if received is not None:
+                self.alloc_seconds.observe(now - received)
+            self._flush(client, now)
         self.in_flight -= 1
-        self.server.mutation_done()
-        if self.closed:
-            return  # the client is gone: nobody to tell
-        self.active_at = now = time.monotonic()
-        if received is not None:
-            self.server.alloc_seconds.observe(now - received)
-        self._reply(msgid, error, result)
-        if self.buffered:
-            self.server.wake(self)  # requests held back by the in-flight cap
-        self._settle()
+        if not self.in_flight:
+            self._quiet.set()
 
-    # -- writing -------------------------------------------------------------------------
+    def _mutation_started(self) -> None:
+        # A fresh event only when leaving quiet: `wait_quiet` may be waiting on the
+        # current one, which must be the one set when everything is answered.
+        if self._quiet.is_set():
+            self._quiet = trio.Event()
+        self.in_flight += 1
 
-    def _reply(self, msgid: int, error: IpamError | None, result: Any) -> None:
-        data = self.rpc.send_response(msgid, error, result)
-        if not self.outbox:
-            sent = self._write(data)
-            if sent is None or sent == len(data):
+    # -- writing ---------------------------------------------------------------------------
+
+    def _flush(self, client: Client, now: float) -> None:
+        """Write what the socket has room for, then follow the connection's state."""
+        conn = client.conn
+        data = conn.data_to_send()
+        if data:
+            try:
+                sent = os.write(client.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                log.debug("send to %s failed: %s", client.peer, e.strerror)
+                self._close(client)
                 return
-            data = data[sent:]
-            self.stuck_since = time.monotonic()
-        self.outbox.append(data)
-        self.outbox_bytes += len(data)
-
-    def flush(self) -> None:
-        """Write what the socket has room for from the outbox."""
-        if not self.outbox:
-            self._settle()
+            conn.sent(sent, now)
+        state = conn.state
+        if state is CLOSED:
+            self._close(client)
             return
-        data = b"".join(self.outbox)
-        sent = self._write(data)
-        if sent is None:
-            return
-        if sent:
-            self.stuck_since = time.monotonic()
-        self.outbox = [data[sent:]] if sent < len(data) else []
-        self.outbox_bytes -= sent
-        if not self.outbox:
-            self.stuck_since = None
-            if self.buffered:
-                self.server.wake(self)  # requests held back by the high water mark
-        self._settle()
+        if state is BACKLOG:
+            self._backlog.add(client)
+            self._wake()
+        self._watch(client)
 
-    def _write(self, data: bytes) -> int | None:
-        """Bytes of `data` the socket took, without blocking; None once the
-        connection is closed because the client is gone."""
-        try:
-            return os.write(self.fd, data)
-        except BlockingIOError:
-            return 0
-        except OSError as e:
-            log.debug("send to %s failed: %s", self.peer, e.strerror)
-            self.close()
-            return None
+    # -- epoll -----------------------------------------------------------------------------
 
-    # -- ending --------------------------------------------------------------------------
+    def _watch(self, client: Client) -> None:
+        """Tell epoll what we wait for: bytes while the connection may read (its
+        backlog does not stop us watching: the poller does not read a connection
+        in BACKLOG, and watching on spares a pair of epoll_ctl calls per inline
+        read), room while answers wait."""
+        state = client.conn.state
+        mask = READABLE if state is READING or state is BACKLOG else 0
+        if client.conn.unsent:
+            mask |= WRITABLE
+        if mask != client.mask:
+            self._register(client, mask)
 
-    def _settle(self) -> None:
-        """After any change: close once the client is done and answered, else update epoll."""
-        if self.closed:
-            return
-        if self.eof and not self.in_flight and not self.outbox and not self.buffered:
-            self.close()
+    def _register(self, client: Client, mask: int) -> None:
+        if not mask:
+            self._epoll.unregister(client.fd)
+        elif client.mask:
+            self._epoll.modify(client.fd, mask)
         else:
-            self.update_interest()
+            self._epoll.register(client.fd, mask)
+        client.mask = mask
 
-    def check_timeouts(self, now: float, idle: float) -> None:
-        if self.closed:
-            return
-        if self.stuck_since is not None and now - self.stuck_since > SEND_TIMEOUT_S:
-            log.info("%s stopped reading its responses; closing", self.peer)
-            self.close()
-        elif (
-            self.frame_started_at is not None
-            and not self.buffered
-            and now - self.frame_started_at > idle
-        ):
-            log.info("closing connection of %s: a frame stalled half-sent", self.peer)
-            self.close()
-        elif (
-            not self.in_flight  # waiting on our own answers is not idling
-            and not self.outbox
-            and now - self.active_at > idle
-        ):
-            log.debug("closing idle connection of %s", self.peer)
-            self.close()
+    # -- timeouts and ending ---------------------------------------------------------------
 
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.unwatch()
-        self.server.forget(self)
-        self.outbox = []
-        self.outbox_bytes = 0
-        self.sock.close()
+    async def _sweep_loop(self) -> None:
+        interval = min(SWEEP_INTERVAL_S, self.limits.idle_timeout_s / 4, SEND_TIMEOUT_S / 4)
+        while True:
+            await trio.sleep(interval)
+            now = time.monotonic()
+            for client in list(self._by_fd.values()):
+                timeout = client.conn.timed_out(now)
+                if timeout is None:
+                    continue
+                level = logging.DEBUG if timeout is Timeout.IDLE else logging.INFO
+                log.log(level, "closing connection of %s: %s", client.peer, timeout.value)
+                self._close(client)
+
+    def _close(self, client: Client) -> None:
+        if self._by_fd.get(client.fd) is not client:
+            return  # closed already (and its descriptor number may be another's now)
+        del self._by_fd[client.fd]
+        client.conn.close()
+        if client.mask:
+            self._register(client, 0)
+        self._backlog.discard(client)
+        client.sock.close()

@@ -187,6 +187,11 @@ class RpcConnection:
         self._pending += data
 
     @property
+    def at_eof(self) -> bool:
+        """Whether the peer has closed its side (`receive_data(b"")`)."""
+        return self._eof
+
+    @property
     def in_frame(self) -> bool:
         """Whether bytes of an unfinished frame are buffered (once `next_event`
         has returned NEED_DATA)."""

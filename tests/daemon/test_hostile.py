@@ -11,11 +11,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -233,47 +231,42 @@ def strict_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def test_a_stalled_half_frame_is_closed_after_the_idle_timeout(strict_daemon: Daemon) -> None:
+    """When is tests/test_connection.py's business (a given clock); here, that it happens."""
     with strict_daemon.client(timeout=5) as setup:
         create_network(setup, "idle-net")
     good = GoodClient(strict_daemon, "idle-net", "idle")
     frame = msgpack.packb([0, 1, "alloc", [{"container_id": "c", "networks": {"n": {}}}]])
     with strict_daemon.client(timeout=10) as stalled:
         stalled.sock.sendall(frame[: len(frame) // 2])
-        started = time.monotonic()
         good.start()  # meanwhile, another client works normally
         try:
             assert receive_until_closed(stalled) == []  # closed, with nothing to say
-            waited = time.monotonic() - started
         finally:
             good.stop.set()
             good.join(timeout=30)
-
-    assert 0.9 <= waited < 5, waited
     assert good.problems == [] and good.rounds > 0
 
 
-def test_a_frame_trickled_a_byte_at_a_time_is_closed_after_the_idle_timeout(
+def test_a_frame_trickled_a_byte_at_a_time_is_closed_before_it_completes(
     strict_daemon: Daemon,
 ) -> None:
-    """Each byte arrives well within the idle timeout, but the frame never
-    completes: the connection is closed once the frame is a timeout old."""
+    """Each byte arrives well within the idle timeout (1 s), but the frame never
+    completes: the daemon closes the connection rather than wait for the rest."""
     frame = msgpack.packb([0, 1, "ping", [{"pad": "x" * 200}]])
+    sent = 0
     with strict_daemon.client(timeout=10) as trickler:
-        started = time.monotonic()
-        closed_after = None
         for byte in frame[:-1]:
             try:
                 trickler.sock.sendall(bytes([byte]))
             except OSError:
-                closed_after = time.monotonic() - started
+                break  # the daemon has closed it already
+            sent += 1
+            # The next byte in 0.2 s, or sooner if the daemon closes the connection.
+            readable, _, _ = select.select([trickler.sock], [], [], 0.2)
+            if readable:
                 break
-            time.sleep(0.2)
-            if time.monotonic() - started > 5:
-                break
-        if closed_after is None:
-            assert receive_until_closed(trickler) == []
-            closed_after = time.monotonic() - started
-    assert 0.9 <= closed_after < 3, closed_after
+        assert receive_until_closed(trickler) == []  # closed, with nothing to say
+    assert sent < len(frame) - 1, "the daemon waited for the whole frame"
 
 
 def test_a_client_that_never_reads_does_not_block_others(strict_daemon: Daemon) -> None:
@@ -317,11 +310,12 @@ def test_a_client_that_never_reads_does_not_block_others(strict_daemon: Daemon) 
 # -- clients that hang up, and bursts of reads --------------------------------------
 
 
-def daemon_cpu_s(daemon: Daemon) -> float:
+def event_loop_sleeps(daemon: Daemon, looks: int = 1000) -> bool:
+    """Whether the daemon's event loop thread is found asleep (waiting for work) in
+    any of `looks` looks at it. A loop that spins on dead sockets never sleeps."""
     assert daemon.proc is not None
-    stat = Path(f"/proc/{daemon.proc.pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/stat")
+    return any(stat.read_text().rsplit(")", 1)[1].split()[0] == "S" for _ in range(looks))
 
 
 def test_clients_that_hang_up_with_mutations_in_flight_cost_nothing_after(
@@ -346,9 +340,7 @@ def test_clients_that_hang_up_with_mutations_in_flight_cost_nothing_after(
             ]
             hasty.sock.sendall(b"".join(frames))
     wait_for(lambda: client.call("status")["connections"] == before, what="hung-up connections")
-    cpu = daemon_cpu_s(shared_daemon)
-    time.sleep(1.0)
-    assert daemon_cpu_s(shared_daemon) - cpu < 0.2, "the daemon keeps busy after clients left"
+    assert event_loop_sleeps(shared_daemon), "the daemon keeps busy after clients left"
     leases = client.call("lease.list", {"network": net_name, "limit": 4000})["leases"]
     held = {lease["container_id"] for lease in leases}
     # Whatever was read before the hang-up was allocated and kept; nothing else.
