@@ -1,4 +1,4 @@
-"""`ipamd-client cluster status|blocks|release-host`: cluster mode from the shell.
+"""`ipamd-client cluster status|blocks|check|release-host`: cluster mode from the shell.
 
 Kept apart from cli.py (which registers it) so that cluster mode's commands
 stay in one place; the calls are the `cluster.*` methods of the protocol.
@@ -20,7 +20,7 @@ def add_cluster_commands(commands: Any, subcommand: Callable[..., argparse.Argum
         None,
         "cluster mode: hosts, etcd, blocks; retire a dead host",
         "ipamd-client cluster status\nipamd-client cluster blocks podnet\n"
-        "ipamd-client cluster release-host node7",
+        "ipamd-client cluster check\nipamd-client cluster release-host node7",
     )
     sub = cluster.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND", required=True)
     subcommand(
@@ -38,6 +38,14 @@ def add_cluster_commands(commands: Any, subcommand: Callable[..., argparse.Argum
         "ipamd-client cluster blocks podnet",
     )
     blocks.add_argument("network", metavar="NETWORK")
+    subcommand(
+        sub,
+        "check",
+        cmd_cluster_check,
+        "ipamd check --cluster on this running host: its leases and blocks against etcd"
+        " (exit status 1 when it finds a problem)",
+        "ipamd-client cluster check",
+    )
     release = subcommand(
         sub,
         "release-host",
@@ -56,6 +64,29 @@ def cmd_cluster_status(client: Client, args: argparse.Namespace, out: Any) -> No
 def cmd_cluster_blocks(client: Client, args: argparse.Namespace, out: Any) -> None:
     result = client.call("cluster.blocks", {"network": args.network})
     out.result(result, lambda: block_lines(result))
+
+
+def cmd_cluster_check(client: Client, args: argparse.Namespace, out: Any) -> None:
+    from ipamd.cli import EXIT_UNKNOWN_ERROR, CliError  # (cli.py imports this module)
+
+    result = client.call("cluster.check")
+    problems = result.get("problems", [])
+    out.result(result, lambda: check_lines(result))
+    if problems:
+        raise CliError(EXIT_UNKNOWN_ERROR, "cluster_problems", f"{len(problems)} problem(s)")
+
+
+def check_lines(result: dict[str, Any]) -> Iterable[str]:
+    problems = result.get("problems", [])
+    yield from problems
+    if problems:
+        yield f"{len(problems)} cluster problem(s)"
+    else:
+        yield (
+            f"cluster ok: host {result.get('host')}, {result.get('networks')} cluster"
+            f" network(s), {result.get('blocks')} block(s) held, {result.get('leases')}"
+            " lease(s) in them"
+        )
 
 
 def cmd_cluster_release_host(client: Client, args: argparse.Namespace, out: Any) -> None:

@@ -1,8 +1,10 @@
 """`ipamd check --cluster`: this host's database against etcd. Repairs nothing.
 
-Run with the daemon stopped (it holds the database's lock), after the local
-check. It reads the local leases and the blocks this host holds, and etcd's
-networks and block owners, and reports, each as a line an operator can act on:
+Offline (`check_cluster`: the daemon stopped, after the local check), or on a
+running host through the daemon (`cluster.check`, `ipamd-client cluster
+check`: the daemon holds the database's lock, so it reads its own state). It
+reads the local leases and the blocks this host holds, and etcd's networks and
+block owners, and reports, each as a line an operator can act on:
 - a cluster network whose local definition differs from etcd's, or that etcd
   does not define;
 - a block held here that etcd gives to another host, or to nobody, or under
@@ -11,6 +13,7 @@ networks and block owners, and reports, each as a line an operator can act on:
   (its address may be handed out by another host);
 - two blocks in etcd that overlap (two owners for one address), or a block
   that does not fit its network's block prefix.
+`find_problems` is the checking itself, on what both ways read.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from pathlib import Path
 
 from ipamd.cluster import keys as ekeys
 from ipamd.cluster.blocks import BlockSpace
-from ipamd.cluster.etcd import EtcdSession
+from ipamd.cluster.etcd import EtcdSession, KeyValue
 from ipamd.cluster.local import OwnedBlock
 from ipamd.config import ClusterConfig
 from ipamd.core import keys
+from ipamd.core.lease import Lease
 from ipamd.core.network import IPNetwork, Network
 from ipamd.storage.store import Store
 
@@ -38,45 +42,76 @@ class ClusterReport:
     leases: int
 
 
+@dataclass(frozen=True, slots=True)
+class LocalState:
+    """What the check reads of this host: its cluster networks, the blocks it
+    holds (by (network, block)), and the leases on those networks."""
+
+    networks: dict[str, Network]
+    held: dict[tuple[str, IPNetwork], OwnedBlock]
+    leases: list[Lease]
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdState:
+    """What the check reads of etcd: the definitions (raw values by network)
+    and every block's owner and create revision."""
+
+    defined: dict[str, bytes]
+    blocks: dict[tuple[str, IPNetwork], tuple[str, int]]
+
+
+def read_local(store: Store) -> LocalState:
+    networks = {n.name: n for n in store.networks() if n.is_cluster}
+    held: dict[tuple[str, IPNetwork], OwnedBlock] = {}
+    for raw_key, raw_value in store.entries(keys.BLOCK):
+        raw_name, _, cidr = raw_key[1:].partition(keys.SEP)
+        value = keys.unpack(raw_value)
+        block = ipaddress.ip_network(cidr.decode())
+        held[(raw_name.decode(), block)] = OwnedBlock(
+            raw_name.decode(), int(value["subnet"]), block, int(value["revision"])
+        )
+    leases = [lease for lease in store.all_leases() if lease.key.network in networks]
+    return LocalState(networks, held, leases)
+
+
+def read_etcd(layout: ekeys.Layout, networks: list[KeyValue], blocks: list[KeyValue]) -> EtcdState:
+    """From the key-values under `layout.networks` and `layout.blocks`."""
+    defined = {kv.key.removeprefix(layout.networks): kv.value for kv in networks}
+    owners: dict[tuple[str, IPNetwork], tuple[str, int]] = {}
+    for kv in blocks:
+        parsed = layout.parse_block(kv.key)
+        if parsed is not None:
+            owners[parsed] = (ekeys.owner_of(kv.value), kv.create_revision)
+    return EtcdState(defined, owners)
+
+
 def check_cluster(state_dir: Path, config: ClusterConfig) -> ClusterReport:
-    """Raises StoreUnavailable/CorruptDatabase as `ipamd check` does, and
-    EtcdUnreachable when no endpoint answers."""
+    """Offline. Raises StoreUnavailable/CorruptDatabase as `ipamd check` does,
+    and EtcdUnreachable when no endpoint answers."""
     store = Store(state_dir)
     store.open(create=False)
     try:
-        networks = {n.name: n for n in store.networks() if n.is_cluster}
-        held: dict[tuple[str, IPNetwork], OwnedBlock] = {}
-        for raw_key, raw_value in store.entries(keys.BLOCK):
-            raw_name, _, cidr = raw_key[1:].partition(keys.SEP)
-            value = keys.unpack(raw_value)
-            block = ipaddress.ip_network(cidr.decode())
-            held[(raw_name.decode(), block)] = OwnedBlock(
-                raw_name.decode(), int(value["subnet"]), block, int(value["revision"])
-            )
-        leases = [lease for lease in store.all_leases() if lease.key.network in networks]
+        local = read_local(store)
     finally:
         store.close()
-
     layout = ekeys.Layout(config.prefix)
     session = EtcdSession(config.endpoints, ca=config.ca, cert=config.cert, key=config.key)
-    defined = {
-        kv.key.removeprefix(layout.networks): kv for kv in session.get_prefix(layout.networks)
-    }
-    in_etcd: dict[tuple[str, IPNetwork], tuple[str, int]] = {}
-    for kv in session.get_prefix(layout.blocks):
-        parsed = layout.parse_block(kv.key)
-        if parsed is not None:
-            in_etcd[parsed] = (ekeys.owner_of(kv.value), kv.create_revision)
+    etcd = read_etcd(layout, session.get_prefix(layout.networks), session.get_prefix(layout.blocks))
+    return find_problems(local, etcd, config.host)
 
+
+def find_problems(local: LocalState, etcd: EtcdState, me: str) -> ClusterReport:
+    networks, held, leases = local.networks, local.held, local.leases
+    defined, in_etcd = etcd.defined, etcd.blocks
     problems: list[str] = []
-    me = config.host
     for name, network in sorted(networks.items()):
         definition = defined.get(name)
         if definition is None:
             problems.append(f"network {name}: a cluster network here, but etcd does not define it")
             continue
         try:
-            theirs = Network.from_wire(ekeys.decode(definition.value))
+            theirs = Network.from_wire(ekeys.decode(definition))
         except Exception:
             theirs = None
         if theirs != network:

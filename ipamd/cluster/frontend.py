@@ -27,7 +27,7 @@ from ipamd.errors import InvalidRequest, IpamError, Unavailable
 
 log = logging.getLogger("ipamd.cluster")
 
-READS = frozenset({"cluster.status", "cluster.blocks"})
+READS = frozenset({"cluster.status", "cluster.blocks", "cluster.check"})
 METHODS = READS | {"cluster.release_host"}
 
 
@@ -72,6 +72,9 @@ class ClusterFrontend:
             check_keys(params, {"network"}, method)
             name = validate_name(params.get("network"))
             self._run(lambda: self.node.blocks(name), done)
+        elif method == "cluster.check":
+            check_keys(params, set(), method)
+            self._run(self.node.check, done)
         elif method == "cluster.release_host":
             check_keys(params, {"host"}, method)
             host = validate_name(params.get("host"), "host name")

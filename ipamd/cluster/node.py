@@ -45,6 +45,7 @@ import trio
 
 from ipamd.cluster import keys as ekeys
 from ipamd.cluster.blocks import BlockSpace
+from ipamd.cluster.check import LocalState, find_problems, read_etcd
 from ipamd.cluster.etcd import EtcdError, EtcdSession, EtcdUnreachable, EtcdWorker, KeyValue
 from ipamd.cluster.local import ClaimBlock, DropBlock, LocalBlocks, OwnedBlock
 from ipamd.config import ClusterConfig
@@ -830,6 +831,39 @@ class ClusterNode:
             "caught_up": self.caught_up,
             "etcd": etcd,
             "hosts": [hosts[name] for name in sorted(hosts)],
+        }
+
+    async def check(self) -> dict[str, Any]:
+        """`cluster.check`: `ipamd check --cluster` on this running host. The
+        leases are read first (what is synced), then the blocks held (decided,
+        so every synced lease's block is among them), then etcd (where a block
+        is claimed before it is held): nothing in flight shows as a problem."""
+        committed = self.writer.committed
+        networks = {
+            name: snap.network for name, snap in committed.items() if snap.network.is_cluster
+        }
+        leases = [
+            lease for lease in self.writer.store.all_leases() if lease.key.network in networks
+        ]
+        held = {
+            (owned.network, owned.block): owned
+            for name in networks
+            for owned in self.local.blocks_of(name)
+        }
+        try:
+            defined = await self.etcd.call(self.etcd.session.get_prefix, self.layout.networks)
+            blocks = await self.etcd.call(self.etcd.session.get_prefix, self.layout.blocks)
+        except EtcdUnreachable:
+            raise Unavailable(f"{self.etcd.unreachable_text()}: cannot check") from None
+        report = find_problems(
+            LocalState(networks, held, leases), read_etcd(self.layout, defined, blocks), self.host
+        )
+        return {
+            "host": self.host,
+            "problems": report.problems,
+            "networks": report.networks,
+            "blocks": report.blocks,
+            "leases": report.leases,
         }
 
     def _owned_count(self) -> int:

@@ -68,7 +68,7 @@ LEASE_PAGE_DEFAULT = 1000
 LEASE_PAGE_MAX = 4000
 # Methods of cluster mode (ipamd/cluster/frontend.py): answered once etcd has
 # been asked, so they travel the mutations' path (a callback), not the reads'.
-CLUSTER_READS = frozenset({"cluster.status", "cluster.blocks"})
+CLUSTER_READS = frozenset({"cluster.status", "cluster.blocks", "cluster.check"})
 CLUSTER_METHODS = CLUSTER_READS | {"cluster.release_host"}
 
 

@@ -296,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cluster:
         # The local check first: blocks are checked on top of a sound database.
         status = main(["--state-dir", str(state_dir)])
+        if status == exits.TEMPFAIL:  # e.g. the daemon holds the lock: it can check itself
+            print(
+                "ipamd check --cluster: on a running host, `ipamd-client cluster check` has"
+                " the daemon run the same check",
+                file=sys.stderr,
+            )
         if status != exits.OK:
             return status
         from ipamd.cluster.check_main import run_cluster_check

@@ -325,3 +325,16 @@ def check_cluster(host: Host, etcd_prefix: str = "/ipamd") -> subprocess.Complet
         text=True,
         timeout=60,
     )
+
+
+def client_check(host: Host) -> subprocess.CompletedProcess[str]:
+    """`ipamd-client cluster check` on a running host (the daemon checks itself)."""
+    import sys
+
+    client = Path(sys.executable).parent / "ipamd-client"  # as installed: what users run
+    return subprocess.run(
+        [str(client), "--socket", str(host.daemon.socket), "cluster", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

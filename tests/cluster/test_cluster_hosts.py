@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ipamd.cluster.etcd import EtcdSession
-from tests.cluster.support import EtcdCluster, Host, check_cluster, free_port
+from tests.cluster.support import EtcdCluster, Host, check_cluster, client_check, free_port
 from tests.support import RpcError
 
 HostsFactory = Callable[..., list[Host]]
@@ -179,6 +179,9 @@ def test_four_hosts_fill_a_subnet_concurrently_without_a_duplicate(
     per_host = {h["name"]: h["used"] for h in fill["cluster"]["hosts"]}
     assert per_host == {name: len(acknowledged[name]) for name in names}
     for host in cluster:
+        online = client_check(host)  # running: the daemon checks itself
+        assert online.returncode == 0, online.stdout + online.stderr
+        assert f"cluster ok: host {host.name}, 1 cluster network(s)" in online.stdout
         assert host.daemon.stop() == 0
         result = check_cluster(host)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -268,11 +271,20 @@ def test_a_stopped_host_is_released_by_an_operator_and_fenced_when_it_returns(
             h1.call("alloc", {"container_id": f"back{n}", "networks": {"fence": {}}}), "fence"
         )
         assert got not in block
-    # Its lease in the lost block is what `ipamd check --cluster` reports.
+    # Its lease in the lost block is what `ipamd check --cluster` reports:
+    # on the running host through the daemon (offline, the lock is held, and
+    # it says what to run instead), and with the daemon stopped.
+    lost = f"{held} lies in block {block}, which this host does not own (etcd: h2)"
+    online = client_check(h1)
+    assert online.returncode == 1
+    assert lost in online.stdout and "cluster_problems: 1 problem(s)" in online.stderr
+    locked = check_cluster(h1)
+    assert locked.returncode == 75
+    assert "ipamd-client cluster check" in locked.stderr
     assert h1.daemon.stop() == 0
     report = check_cluster(h1)
     assert report.returncode == 1
-    assert f"{held} lies in block {block}, which this host does not own (etcd: h2)" in report.stdout
+    assert lost in report.stdout
 
 
 @pytest.mark.slow
