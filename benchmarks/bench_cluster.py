@@ -2,8 +2,14 @@
 
 Figures (medians over --reps repetitions, local and cluster phases in turns):
 - cluster_vs_local_64: durable allocs/s at 64 closed-loop clients on a cluster
-  network divided by the same on a local network of the same daemon (target
-  >= 0.9: allocation never leaves the host; only claims do, ahead of need);
+  network divided by the same on a local network of the same daemon, in the
+  same repetition (target >= 0.9: allocation never leaves the host; only
+  claims do, ahead of need). Each repetition runs its two phases back to back,
+  in alternating order (local first, then cluster first, ...), and the figure
+  is the median of the repetitions' ratios: on a shared machine whose load
+  drifts, a ratio of two medians taken minutes apart swings far more;
+- local_/cluster_server_us_per_alloc: the daemon's CPU time per alloc in each
+  mode (its etcd thread included; medians): steadier than rates under load;
 - first_alloc_fresh_host_ms: a new host (empty state dir) whose first alloc
   names a cluster network defined elsewhere: the time to its answer, which
   includes reading the definition and claiming a block;
@@ -110,41 +116,55 @@ def bench(root: Path, quick: bool, reps: int) -> dict[str, Any]:
         count = 3000 if quick else 20_000
         local, cluster = Series(), Series()
         writes = leases = 0
+        ratios = []
         for rep in range(reps):
-            log(f"rep {rep + 1}/{reps}: local, then cluster, {count} allocs at {CLIENTS} clients")
-            local.phases.append(
-                run_load(
-                    server,
-                    "alloc",
-                    {"networks": {"lo": {}}},
-                    f"l{rep}-",
-                    count,
-                    CLIENTS,
-                    LOAD_PROCS,
-                )
+            order = ("local", "cluster") if rep % 2 == 0 else ("cluster", "local")
+            log(
+                f"rep {rep + 1}/{reps}: {order[0]}, then {order[1]},"
+                f" {count} allocs at {CLIENTS} clients"
             )
-            before = session.revision()
-            keys_before = len(session.get_prefix("/bench/"))
-            cluster.phases.append(
-                run_load(
-                    server,
-                    "alloc",
-                    {"networks": {"cl": {}}},
-                    f"c{rep}-",
-                    count,
-                    CLIENTS,
-                    LOAD_PROCS,
+            for phase in order:
+                if phase == "local":
+                    local.phases.append(
+                        run_load(
+                            server,
+                            "alloc",
+                            {"networks": {"lo": {}}},
+                            f"l{rep}-",
+                            count,
+                            CLIENTS,
+                            LOAD_PROCS,
+                        )
+                    )
+                    continue
+                before = session.revision()
+                keys_before = len(session.get_prefix("/bench/"))
+                cluster.phases.append(
+                    run_load(
+                        server,
+                        "alloc",
+                        {"networks": {"cl": {}}},
+                        f"c{rep}-",
+                        count,
+                        CLIENTS,
+                        LOAD_PROCS,
+                    )
                 )
+                # Keys written during the phase: each block key once, plus any
+                # summary (none at this sync_interval); revisions would count a
+                # transaction claiming several blocks as one.
+                after = session.get_prefix("/bench/")
+                writes += sum(1 for kv in after if kv.mod_revision > before)
+                assert len(after) >= keys_before
+                leases += cluster.phases[-1].ops
+            ratio = cluster.phases[-1].rate / local.phases[-1].rate
+            ratios.append(ratio)
+            log(
+                f"  local {local.phases[-1].rate:,.0f}/s, cluster {cluster.phases[-1].rate:,.0f}/s:"
+                f" {ratio:.3f}"
             )
-            # Keys written during the phase: each block key once, plus any
-            # summary (none at this sync_interval); revisions would count a
-            # transaction claiming several blocks as one.
-            after = session.get_prefix("/bench/")
-            writes += sum(1 for kv in after if kv.mod_revision > before)
-            assert len(after) >= keys_before
-            leases += cluster.phases[-1].ops
         local_rate, cluster_rate = local.rate or 0.0, cluster.rate or 0.0
-        log(f"  local {local_rate:,.0f}/s, cluster {cluster_rate:,.0f}/s")
+        log(f"  medians: local {local_rate:,.0f}/s, cluster {cluster_rate:,.0f}/s")
 
         # Claims: statics each in a block of their own, from one client.
         rpc.call(
@@ -185,7 +205,10 @@ def bench(root: Path, quick: bool, reps: int) -> dict[str, Any]:
             "clients": CLIENTS,
             "local_allocs_per_s_64": round(local_rate, 1),
             "cluster_allocs_per_s_64": round(cluster_rate, 1),
-            "cluster_vs_local_64": round(cluster_rate / local_rate, 3) if local_rate else None,
+            "cluster_vs_local_64": round(median(ratios), 3),
+            "cluster_vs_local_64_each": [round(r, 3) for r in ratios],
+            "local_server_us_per_alloc": round(local.server_us_per_op or 0.0, 1),
+            "cluster_server_us_per_alloc": round(cluster.server_us_per_op or 0.0, 1),
             "first_alloc_fresh_host_ms": round(median(first_ms), 2),
             "claims_per_s": round(claims_per_s, 1),
             "etcd_keys_per_10k_leases": round(writes / leases * 10_000, 1) if leases else None,
@@ -203,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small counts, one repetition")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of figures")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 5; quick 1)")
     args = parser.parse_args(argv)
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 5)
     with temp_root(keep=False) as root:
         figures = bench(root, args.quick, reps)
     for key, value in figures.items():
