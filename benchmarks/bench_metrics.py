@@ -37,13 +37,10 @@ import trio  # noqa: E402
 from ipamd.config import Config  # noqa: E402
 from ipamd.core.network import Network  # noqa: E402
 from ipamd.core.requests import AllocRequest, Attachment, CreateNetworkRequest  # noqa: E402
-from ipamd.daemon.server import Server  # noqa: E402
 from ipamd.daemon.service import Service  # noqa: E402
 from ipamd.daemon.writer import Writer  # noqa: E402
 from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram, RequestCounters  # noqa: E402
-from ipamd.metrics.text import Metrics  # noqa: E402
 from ipamd.storage.store import Store  # noqa: E402
-from ipamd.wire.limits import Limits  # noqa: E402
 
 NETWORK_COUNTS = (1, 10, 100)
 LEASES_PER_NETWORK = 20
@@ -114,8 +111,7 @@ def bench_render(networks: int, reps: int, calls: int) -> tuple[float, int]:
             writer = Writer(store, store.load())
             trio.run(fill, writer, networks)
             service = Service(writer.published, writer, Config(state_dir=Path(tmp)))
-            server = Server(service, Limits())
-            metrics = Metrics(service, server)
+            metrics = service.exposition
             text = metrics.render()  # the import and the first build, not timed
             return per_call_us(metrics.render, calls, reps), len(text)
         finally:

@@ -46,7 +46,7 @@ from ipamd.daemon.status_line import StatusReporter
 from ipamd.daemon.suspects import reclaim_after_reboot, suspect_total
 from ipamd.daemon.writer import Writer
 from ipamd.errors import IpamError, NetworkExists
-from ipamd.metrics.text import Metrics
+from ipamd.metrics.instruments import ConnectionCounters
 from ipamd.storage.store import CorruptDatabase, StateDirLocked, Store, StoreUnavailable
 
 log = logging.getLogger("ipamd")
@@ -155,11 +155,10 @@ async def run_daemon(
             extension=blocks,
             published=committed,
         )
-        server: Server | None = None
-        service = Service(committed, writer, config, lambda: server.connections if server else 0)
-        server = Server(service, config.limits)
-        metrics = Metrics(service, server)
-        service.metrics_text = metrics.text
+        connections = ConnectionCounters()  # the server counts, the service reads
+        service = Service(committed, writer, config, connections)
+        server = Server(service, config.limits, connections)
+        metrics = service.exposition
         async with trio.open_nursery() as nursery:
             writer_scope = trio.CancelScope()
             writer_done = trio.Event()

@@ -46,7 +46,7 @@ import trio
 from ipamd.daemon.peercred import peer_credentials
 from ipamd.daemon.service import PendingRead, Service
 from ipamd.errors import IpamError, Unavailable
-from ipamd.metrics.instruments import LATENCY_BUCKETS_S, Histogram
+from ipamd.metrics.instruments import ConnectionCounters
 from ipamd.wire.connection import (
     BACKLOG,
     CLOSED,
@@ -92,7 +92,9 @@ class Client:
 
 
 class Server:
-    def __init__(self, service: Service, limits: Limits) -> None:
+    def __init__(
+        self, service: Service, limits: Limits, counters: ConnectionCounters | None = None
+    ) -> None:
         self.service = service
         self.limits = limits
         self.in_flight = 0  # mutations (and reads that write) whose answer is not written yet
@@ -105,10 +107,8 @@ class Server:
         self._accept_scope = trio.CancelScope()
         self._quiet = trio.Event()  # set whenever no mutation is in flight
         self._quiet.set()
-        # For the metrics (metrics.py reads them when scraped).
-        self.accepted = 0
-        self.refused = 0
-        self.alloc_seconds = Histogram(LATENCY_BUCKETS_S)  # request read -> answer written
+        # For `status` and the metrics (the service reads them).
+        self.counters = counters if counters is not None else ConnectionCounters()
 
     @property
     def connections(self) -> int:
@@ -159,7 +159,7 @@ class Server:
             sock_.setblocking(False)
             if self.connections >= self.limits.max_connections:
                 log.warning("connection cap (%d) reached; refusing one", self.connections)
-                self.refused += 1
+                self.counters.refused += 1
                 sock_.close()
                 continue
             try:
@@ -169,7 +169,8 @@ class Server:
                 sock_.close()
                 continue
             self._by_fd[client.fd] = client
-            self.accepted += 1
+            self.counters.accepted += 1
+            self.counters.open += 1
             self._watch(client)
 
     # -- the poller ------------------------------------------------------------------
@@ -319,7 +320,7 @@ class Server:
         if client.conn.state is not CLOSED:  # else nobody is left to tell
             now = time.monotonic()
             if received is not None:
-                self.alloc_seconds.observe(now - received)
+                self.counters.alloc_seconds.observe(now - received)
             self._flush(client, now)
         self.in_flight -= 1
         if not self.in_flight:
@@ -399,6 +400,7 @@ class Server:
         if self._by_fd.get(client.fd) is not client:
             return  # closed already (and its descriptor number may be another's now)
         del self._by_fd[client.fd]
+        self.counters.open -= 1
         client.conn.close()
         if client.mask:
             self._register(client, 0)

@@ -48,7 +48,8 @@ from ipamd.errors import (
     PermissionDenied,
     UnknownMethod,
 )
-from ipamd.metrics.instruments import RequestCounters
+from ipamd.metrics.instruments import ConnectionCounters, RequestCounters
+from ipamd.metrics.text import Metrics
 from ipamd.wire.results import attachments, network_result, result_of
 from ipamd.wire.values import as_map, as_optional_map
 
@@ -108,14 +109,14 @@ class Service:
         committed: CommittedState,
         writer: Writer,
         config: Config,
-        connection_count: Callable[[], int] = lambda: 0,
-        metrics_text: Callable[[], str] = lambda: "",
+        connections: ConnectionCounters | None = None,
     ) -> None:
         self.committed = committed  # the reads' source
         self.writer = writer  # the mutations' way
         self.config = config
-        self.connection_count = connection_count
-        self.metrics_text = metrics_text  # the Prometheus exposition (metrics.py)
+        # The server's counts (it counts, main.py hands both the same object).
+        self.connections = connections if connections is not None else ConnectionCounters()
+        self.exposition = Metrics(self)  # the Prometheus text, built from what is here
         self.cluster: ClusterFrontend | None = None  # with a [cluster] config
         self.started = time.monotonic()
         self.mutation_log = MutationLog()
@@ -240,7 +241,7 @@ class Service:
             "mutations": counters.mutations,
             "mean_batch_size": round(counters.mean_batch_size, 3),
             "failed_writes": counters.failed_writes,
-            "connections": self.connection_count(),
+            "connections": self.connections.open,
             "boot": self.boot,
             "suspect": suspect_total(committed),
             "reclaim_after_reboot": leases_config.reclaim_after_reboot_text,
@@ -249,7 +250,7 @@ class Service:
 
     def metrics(self, params: dict[str, Any]) -> Any:
         check_keys(params, set(), "metrics")
-        return {"text": self.metrics_text()}
+        return {"text": self.exposition.text()}
 
     def network_get(self, params: dict[str, Any]) -> Any:
         check_keys(params, {"name"}, "network.get")

@@ -29,7 +29,6 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from ipamd import __version__
-from ipamd.daemon.server import Server
 from ipamd.daemon.service import Service
 from ipamd.metrics.instruments import Histogram
 
@@ -37,9 +36,8 @@ SUBNET_LABELS = ("network", "subnet")
 
 
 class IpamdCollector(Collector):
-    def __init__(self, service: Service, server: Server) -> None:
+    def __init__(self, service: Service) -> None:
         self.service = service
-        self.server = server
 
     def collect(self) -> Iterable[Metric]:
         yield from self._state()
@@ -143,7 +141,7 @@ class IpamdCollector(Collector):
             "ipamd_alloc_duration_seconds",
             "alloc requests, from when the daemon read the request to when it wrote"
             " the answer (the synced write included).",
-            self.server.alloc_seconds,
+            self.service.connections.alloc_seconds,
         )
 
     def _writer(self) -> Iterator[Metric]:
@@ -178,22 +176,22 @@ class IpamdCollector(Collector):
         )
 
     def _connections(self) -> Iterator[Metric]:
-        server = self.server
+        connections = self.service.connections
         yield GaugeMetricFamily(
-            "ipamd_connections", "Client connections open now.", value=server.connections
+            "ipamd_connections", "Client connections open now.", value=connections.open
         )
         yield GaugeMetricFamily(
             "ipamd_connections_max",
             "Client connections allowed at once ([limits] max_connections).",
-            value=server.limits.max_connections,
+            value=self.service.config.limits.max_connections,
         )
         yield CounterMetricFamily(
-            "ipamd_connections_accepted", "Client connections accepted.", value=server.accepted
+            "ipamd_connections_accepted", "Client connections accepted.", value=connections.accepted
         )
         yield CounterMetricFamily(
             "ipamd_connections_refused",
             "Client connections closed at once because max_connections were open.",
-            value=server.refused,
+            value=connections.refused,
         )
 
     def _cluster(self) -> Iterator[Metric]:
@@ -238,10 +236,10 @@ def histogram(name: str, documentation: str, values: Histogram) -> HistogramMetr
     return family
 
 
-def renderer(service: Service, server: Server) -> Callable[[], bytes]:
+def renderer(service: Service) -> Callable[[], bytes]:
     """A function that renders the text exposition (format 0.0.4) of every ipamd metric."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(IpamdCollector(service, server))
+    registry.register(IpamdCollector(service))
     # The standard process_* metrics (CPU, memory, open fds against the limit),
     # from /proc/self; ipamd.service leaves /proc/self and /proc/stat readable.
     ProcessCollector(registry=registry)

@@ -73,6 +73,18 @@ class Histogram:
         return out
 
 
+class ConnectionCounters:
+    """What the server counts of its connections, for `status` and the metrics.
+    Made by main.py and handed to both the server (which counts) and the
+    service (which reads): neither needs the other for it."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+        self.refused = 0  # closed at once: max_connections were open
+        self.alloc_seconds = Histogram(LATENCY_BUCKETS_S)  # an alloc read -> its answer written
+
+
 class RequestCounters:
     """Outcomes of requests, as the service answers them.
 

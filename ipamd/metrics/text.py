@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ipamd.daemon.server import Server
     from ipamd.daemon.service import Service
 
 # The Prometheus text format, version 0.0.4: what `render` returns.
@@ -20,16 +19,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, service: Service, server: Server) -> None:
+    def __init__(self, service: Service) -> None:
         self._service = service
-        self._server = server
         self._render: Callable[[], bytes] | None = None
 
     def prepare(self) -> None:
         if self._render is None:
             from ipamd.metrics.collector import renderer
 
-            self._render = renderer(self._service, self._server)
+            self._render = renderer(self._service)
 
     def render(self) -> bytes:
         """Every metric, in the text exposition format (UTF-8)."""
