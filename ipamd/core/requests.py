@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from ipamd.core.lease import (
     LeaseKey,
@@ -65,21 +65,6 @@ def optional_bool(params: dict[str, Any], key: str) -> bool:
     return value
 
 
-# Network names that passed validate_name: a host has a handful, named in every
-# request, and a set lookup costs a fifth of the regex. Bounded, since names
-# come from clients; past the bound, names are checked every time.
-_VALID_NETWORK_NAMES: set[str] = set()
-MAX_REMEMBERED_NAMES = 1024
-
-
-def _validate_network_name(name: Any) -> None:
-    if name in _VALID_NETWORK_NAMES:  # (only str values are ever added)
-        return
-    validate_name(name)
-    if len(_VALID_NETWORK_NAMES) < MAX_REMEMBERED_NAMES:
-        _VALID_NETWORK_NAMES.add(name)
-
-
 @dataclass(frozen=True, slots=True)
 class Attachment:
     ifname: str = ""
@@ -108,12 +93,8 @@ def _attachment_from_wire(name: str, raw: Any) -> Attachment:
     )
 
 
-# AllocRequest and ReleaseRequest are NamedTuples, not frozen dataclasses: one
-# is built per container start and stop, and a tuple is built in C where a
-# frozen dataclass's __init__ calls object.__setattr__ per field. As immutable.
-
-
-class AllocRequest(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class AllocRequest:
     container_id: str
     networks: dict[str, Attachment]
 
@@ -130,12 +111,13 @@ class AllocRequest(NamedTuple):
             )
         networks: dict[str, Attachment] = {}
         for name, raw in raw_networks.items():
-            _validate_network_name(name)
+            validate_name(name)
             networks[name] = _attachment_from_wire(name, raw)
         return cls(container_id, networks)
 
 
-class ReleaseRequest(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
     container_id: str
     # None: every network. Per network, None: every ifname of the container there.
     networks: dict[str, str | None] | None
@@ -148,7 +130,7 @@ class ReleaseRequest(NamedTuple):
             return cls(container_id, None)
         networks: dict[str, str | None] = {}
         for name, raw in as_map(params["networks"], "networks").items():
-            _validate_network_name(name)
+            validate_name(name)
             options = network_options(raw, name)
             check_keys(options, RELEASE_OPTION_KEYS, "network option")
             ifname = options.get("ifname")
