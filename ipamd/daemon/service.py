@@ -1,13 +1,13 @@
 """The method table of DESIGN.md section 4: params in, result or `IpamError` out.
 
 Mutations are parsed into typed requests and handed to the writer, which
-answers with a typed outcome once their batch is synced; the outcome is
-rendered for the wire here (ipamd/wire/results.py), as are the reads. Reads are
-answered here, synchronously, from the committed state
+answers with a typed outcome once their batch is synced; that outcome is
+rendered for the wire here, through ipamd/wire/results.py, as the reads are.
+Reads are answered here, synchronously, from the committed state
 (ipamd/daemon/committed_state.py: synced data only), so they never wait for
-the writer. Authorisation happens here too: the
-server passes in the caller's SO_PEERCRED credentials and, when allow_gids is
-set, its supplementary groups (ipamd/daemon/peercred.py).
+the writer. Authorisation happens here too: the server passes in the caller's
+SO_PEERCRED credentials and, when allow_gids is set, its supplementary groups
+(ipamd/daemon/peercred.py).
 """
 
 from __future__ import annotations
