@@ -3,8 +3,8 @@
 
 It takes: network.create of a cluster network (defined in etcd first), an
 alloc naming a cluster network or one not known here (it may be defined in
-etcd), and network.delete of a cluster network (refused: hosts may still hold
-blocks of it; see the README). Everything else goes straight to the writer.
+etcd), and network.delete of a cluster network (refused, naming the hosts
+that hold blocks of it; see the README). Everything else goes straight to the writer.
 """
 
 from __future__ import annotations
@@ -58,10 +58,8 @@ class ClusterFrontend:
             network = mutation.network
             self._run(lambda: self.node.create_network(network), done)
         else:
-            raise InvalidRequest(
-                f"network {getattr(mutation, 'name', '?')} is a cluster network: deleting one is"
-                " not supported (other hosts may own blocks of it)"
-            )
+            name = getattr(mutation, "name", "?")
+            self._run(lambda: self.node.refuse_delete(name), done)
 
     def call(self, method: str, params: dict[str, Any], done: OnDone) -> None:
         """A `cluster.*` method: answered once etcd has been asked."""

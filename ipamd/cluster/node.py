@@ -523,6 +523,22 @@ class ClusterNode:
                 )
         return await self.writer.submit(CreateNetworkRequest(network))
 
+    async def refuse_delete(self, name: str) -> Any:
+        """network.delete of a cluster network: not supported (other hosts may
+        hold blocks and leases in it, and would claim more). Refused, naming
+        the hosts that hold blocks of it, so the operator knows where to look."""
+        try:
+            kvs = await self.etcd.call(self.etcd.session.get_prefix, self.layout.blocks_of(name))
+        except (EtcdUnreachable, EtcdError):
+            holders = "(etcd is unreachable: not known)"
+        else:
+            owners = sorted({ekeys.owner_of(kv.value) for kv in kvs})
+            holders = ", ".join(owners) if owners else "none"
+        raise InvalidRequest(
+            f"network {name} is a cluster network: deleting one is not supported; hosts"
+            f" holding blocks of it: {holders} (ipamd-client cluster blocks {name})"
+        )
+
     async def _fetch_network(self, name: str) -> None:
         """Create here a cluster network defined elsewhere; NetworkNotFound if none is."""
         try:

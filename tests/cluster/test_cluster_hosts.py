@@ -58,6 +58,15 @@ def test_a_cluster_network_is_defined_once_and_seen_everywhere(hosts: HostsFacto
     assert "shared" in {n["name"] for n in h3.call("stats")["networks"]}
     # A scope the host cannot serve is refused, naming it.
     assert "scope" in h1.error("network.create", {**net, "scope": "everywhere"}).message
+    # Deleting it is refused on any host, naming the hosts that hold blocks
+    # of it; the network and its leases stay.
+    h1.call("alloc", {"container_id": "c1", "networks": {"shared": {}}})
+    h2.call("alloc", {"container_id": "c2", "networks": {"shared": {}}})
+    refused = h3.error("network.delete", {"name": "shared", "force": True})
+    assert refused.name == "invalid_request"
+    assert "hosts holding blocks of it: h1, h2" in refused.message
+    assert h1.error("network.delete", {"name": "shared"}).name == "invalid_request"
+    assert [lease["container_id"] for lease in h1.leases("shared")] == ["c1"]
 
 
 def test_a_host_allocates_on_a_network_it_has_not_seen_yet(hosts: HostsFactory) -> None:
