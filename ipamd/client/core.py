@@ -80,8 +80,7 @@ class ProtocolError(ConnectionFailed):
 
 
 class Reply(NamedTuple):
-    """One answer from the daemon: `error` is None on success. (A NamedTuple, as in
-    ipamd.wire.protocol: short-lived clients import this, and `dataclasses` is slow to import.)"""
+    """One answer from the daemon: `error` is None on success."""
 
     msgid: int
     error: IpamError | None

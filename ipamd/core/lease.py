@@ -61,9 +61,8 @@ def validate_attributes(value: Any) -> dict[str, str]:
 
 
 class LeaseKey(NamedTuple):
-    """Which attachment a lease belongs to. A NamedTuple rather than a frozen
-    dataclass: every alloc and release builds, hashes and compares a few, and a
-    tuple does each in C (about 4x cheaper). Ordered as the dataclass was."""
+    """Which attachment a lease belongs to. (A NamedTuple: the README's
+    performance section, "Value types on the hot path".)"""
 
     network: str
     container_id: str
@@ -75,10 +74,9 @@ class LeaseKey(NamedTuple):
 
 
 class Lease(NamedTuple):
-    """One attachment's addresses. A NamedTuple, as LeaseKey and for the same
-    reason: every alloc builds one and every lease read decodes one, and a
-    frozen dataclass's __init__ costs twice a tuple's. Leases are values: the
-    shared default `attributes` map, like every lease's, is never mutated."""
+    """One attachment's addresses (a NamedTuple, as LeaseKey). Leases are
+    values: the shared default `attributes` map, like every lease's, is never
+    mutated."""
 
     key: LeaseKey
     addresses: tuple[IPAddress, ...]

@@ -42,9 +42,8 @@ class DeleteNetwork:
     network: Network
 
 
-# The changes every alloc and release makes are NamedTuples rather than frozen
-# dataclasses: as immutable, and built in C (a frozen dataclass's __init__ calls
-# object.__setattr__ once per field: twice the cost, on every decision).
+# The changes every alloc and release makes are NamedTuples: the README's
+# performance section, "Value types on the hot path".
 
 
 class PutLease(NamedTuple):

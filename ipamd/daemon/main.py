@@ -4,7 +4,7 @@ One nursery tree (daemon(7) style: foreground, stderr, sd_notify):
 
     run_daemon
       +- writer.run          the only writer; cancelled last but one
-      +- server.serve        listener + one task per connection
+      +- server.serve        the listener and every connection, in one epoll set
       +- metrics endpoint    HTTP GET /metrics, when a metrics socket is given
       +- watchdog            WATCHDOG=1 at half WATCHDOG_USEC
       +- (waits for SIGTERM/SIGINT)
