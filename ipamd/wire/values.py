@@ -35,22 +35,21 @@ def as_optional_map(value: Any, what: str) -> dict[str, Any]:
     return {} if value is None else as_map(value, what)
 
 
+# Containers are described by their size alone: their contents may be anything.
+_SIZED = {bytes: "bin of {} bytes", list: "an array of {} items", dict: "a map of {} entries"}
+
+
 def describe(value: Any) -> str:
     """A short, bounded description of a value a peer sent, for error messages."""
     if value is None:
         return "nil"
-    if isinstance(value, bool):
+    if isinstance(value, bool):  # before int: a bool is an int
         return "true" if value else "false"
-    if isinstance(value, int):
-        return f"integer {value}"
-    if isinstance(value, float):
-        return f"float {value!r}"
+    if isinstance(value, int | float):
+        return f"{'integer' if isinstance(value, int) else 'float'} {value!r}"
     if isinstance(value, str):
         return f"string {value[:40]!r}{'...' if len(value) > 40 else ''}"
-    if isinstance(value, bytes):
-        return f"bin of {len(value)} bytes"
-    if isinstance(value, list):
-        return f"an array of {len(value)} items"
-    if isinstance(value, dict):
-        return f"a map of {len(value)} entries"
+    for kind, template in _SIZED.items():
+        if isinstance(value, kind):
+            return template.format(len(value))
     return type(value).__name__  # ExtType, Timestamp
