@@ -2,7 +2,8 @@
 
 Everything here talks to the daemon through `tests.support.RawClient` or raw
 msgpack bytes, so the wire format of DESIGN.md section 4 is what gets checked.
-Waiting is always a bounded polling loop or a socket timeout, never a bare sleep.
+Waiting is for an event (READY=1, a log line as it is written, an answer, a
+socket timeout); `wait_for` polls, bounded, only where the daemon gives none.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def receive_until_closed(client: RawClient) -> list[list[Any]]:
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll `predicate` until true; fail after `timeout` seconds."""
+    """Poll `predicate` until true; fail after `timeout` seconds. Only where no
+    event exists to wait for (see Daemon.wait_for_log, READY=1)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -156,12 +158,6 @@ def check_state_dir(state_dir: Path) -> None:
     """`ipamd check` finds the database consistent (DESIGN.md s5)."""
     done = run_ipamd(["check", "--state-dir", str(state_dir)])
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-def proc_state(pid: int) -> str:
-    """The one-letter state of a process in /proc (R, S, T...)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def notify_receiver(path: Path) -> socket.socket:

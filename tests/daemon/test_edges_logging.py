@@ -64,8 +64,10 @@ def test_off_the_journal_every_line_starts_with_its_iso_time(tmp_path: Path) -> 
 
 
 def test_the_journal_gets_no_time_of_ours(tmp_path: Path) -> None:
-    daemon = Daemon(state_dir=tmp_path / "state", socket=tmp_path / "ipamd.sock")
-    log = tmp_path / f"ipamd-{daemon.socket.stem}.log"  # where Daemon.start sends stderr
+    daemon = Daemon(
+        state_dir=tmp_path / "state", socket=tmp_path / "ipamd.sock", stderr_to_file=True
+    )
+    log = tmp_path / f"ipamd-{daemon.socket.stem}.log"  # the daemon's stderr itself
     log.touch()
     st = os.stat(log)
     daemon.extra_env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"

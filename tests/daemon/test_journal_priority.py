@@ -66,8 +66,10 @@ def test_no_prefix_when_stderr_is_not_the_stream_journal_stream_names(tmp_path: 
 
 
 def test_every_line_of_a_running_daemon_starts_with_its_priority(tmp_path: Path) -> None:
-    daemon = Daemon(state_dir=tmp_path / "state", socket=tmp_path / "ipamd.sock")
-    log = tmp_path / f"ipamd-{daemon.socket.stem}.log"  # where Daemon.start sends stderr
+    daemon = Daemon(
+        state_dir=tmp_path / "state", socket=tmp_path / "ipamd.sock", stderr_to_file=True
+    )
+    log = tmp_path / f"ipamd-{daemon.socket.stem}.log"  # the daemon's stderr itself
     log.touch()
     daemon.extra_env = {"JOURNAL_STREAM": journal_stream_of(log)}
     daemon.start()

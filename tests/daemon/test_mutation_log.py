@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,14 +15,11 @@ from ipamd.daemon.mutation_log import LOGGER_NAME, MutationLog
 from tests.support import Daemon, RpcError
 
 
-def wait_for_line(daemon: Daemon, needle: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in daemon.log().splitlines():
-            if needle in line:
-                return line
-        time.sleep(0.02)
-    raise AssertionError(f"no log line with {needle!r} in:\n{daemon.log()}")
+def wait_for_line(daemon: Daemon, needle: str) -> str:
+    """The daemon's log line holding `needle`, as soon as it is written."""
+    line = daemon.wait_for_log(needle)
+    assert line is not None, f"the daemon exited without a log line with {needle!r}"
+    return line
 
 
 def test_each_mutation_is_logged_with_its_caller(daemon: Daemon) -> None:

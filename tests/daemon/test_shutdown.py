@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.daemon.e2e import check_state_dir, create_network, wait_for
+from tests.daemon.e2e import check_state_dir, create_network
 from tests.support import Daemon, RawClient
 
 CLIENTS = 4
@@ -20,13 +20,30 @@ IN_FLIGHT = 8  # requests each client keeps pipelined
 SIGTERM_AFTER = 150  # successful allocations before the signal
 
 
+class Tally:
+    """Successful allocations across every burst; `reached` is set at `enough`."""
+
+    def __init__(self, enough: int) -> None:
+        self.enough = enough
+        self.count = 0
+        self.reached = threading.Event()
+        self._lock = threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+            if self.count >= self.enough:
+                self.reached.set()
+
+
 class Burst(threading.Thread):
     """Allocates with up to IN_FLIGHT requests pipelined until the daemon says stop."""
 
-    def __init__(self, daemon: Daemon, index: int) -> None:
+    def __init__(self, daemon: Daemon, index: int, tally: Tally) -> None:
         super().__init__()
         self.ipamd = daemon
         self.index = index
+        self.tally = tally
         self.successes: dict[str, str] = {}  # container_id -> address
         self.unavailable: list[str] = []
         self.unanswered: list[str] = []  # in flight when the connection closed
@@ -56,6 +73,7 @@ class Burst(threading.Thread):
                 container = in_flight.pop(msgid)
                 if error is None:
                     self.successes[container] = result["networks"]["net"]["ips"][0]["address"]
+                    self.tally.add()
                 elif error["name"] == "unavailable":
                     self.unavailable.append(container)
                     stop_sending = True
@@ -75,13 +93,11 @@ def test_sigterm_during_a_burst_loses_no_answered_allocation(tmp_path: Path) -> 
     try:
         with daemon.client() as client:
             create_network(client, "net", "10.20.0", cidr=16)
-        bursts = [Burst(daemon, i) for i in range(CLIENTS)]
+        tally = Tally(SIGTERM_AFTER)
+        bursts = [Burst(daemon, i, tally) for i in range(CLIENTS)]
         for burst in bursts:
             burst.start()
-        wait_for(
-            lambda: sum(len(b.successes) for b in bursts) >= SIGTERM_AFTER,
-            what=f"{SIGTERM_AFTER} allocations",
-        )
+        assert tally.reached.wait(timeout=30), f"only {tally.count} of {SIGTERM_AFTER} allocations"
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()

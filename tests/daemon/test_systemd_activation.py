@@ -26,9 +26,7 @@ from tests.daemon.e2e import (
     IPAMD_SCRIPT,
     SocketActivator,
     notify_receiver,
-    proc_state,
     receive_notifications,
-    wait_for,
 )
 from tests.support import Daemon, RawClient
 
@@ -165,7 +163,7 @@ def test_watchdog_pings_while_alive_and_not_while_stopped(
             pings += receive_notifications(notify_socket, 1.0).count("WATCHDOG=1")
 
         os.kill(pid, signal.SIGSTOP)
-        wait_for(lambda: proc_state(pid) == "T", what="the daemon to stop")
+        os.waitid(os.P_PID, pid, os.WSTOPPED | os.WNOWAIT)  # returns once it has stopped
         drain(notify_socket)  # what it sent before it stopped
         # Five watchdog intervals without a ping: systemd would kill it now.
         assert receive_notifications(notify_socket, 0.5) == []

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -99,35 +98,19 @@ class TestDaemon(Daemon):
     preexec_fn: Callable[[], None] | None = None
     starts: int = 0
 
-    def start(self, wait: bool = True) -> TestDaemon:
-        self.log_path = self.state_dir.parent / f"ipamd-{self.socket.stem}.log"
-        env = {**os.environ, **self.extra_env}
+    def before_start(self) -> None:
+        assert self.log_path is not None
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts} ---\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=log, env=env, preexec_fn=self.preexec_fn
-            )
         self.starts += 1
-        if wait:
-            self.wait_ready()
-        return self
+
+    def popen(self, env: dict[str, str], **streams: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.command(), env=env, preexec_fn=self.preexec_fn, **streams)
 
     def start_or_exit(self, timeout: float = 20.0) -> int | None:
-        """Start; None once it serves, else its exit status (it refused to start)."""
+        """Start; None once it is ready (READY=1), else its exit status (it refused to start)."""
         self.start(wait=False)
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return self.proc.returncode
-            try:
-                with RawClient(self.socket, timeout=2) as client:
-                    client.call("ping")
-                return None
-            except OSError:
-                time.sleep(0.02)
-        raise TimeoutError(f"ipamd neither served nor exited within {timeout}s: {self.log()}")
+        return self.wait_ready_or_exit(timeout)
 
     def last_log_lines(self, n: int = 3) -> str:
         return "\n".join(self.log().strip().splitlines()[-n:])
