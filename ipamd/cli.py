@@ -158,17 +158,21 @@ class _StartSubnet(_StartItem):
     metavar_key = "subnet"
 
 
-class _Refine(argparse.Action):
-    """An option that applies to the last `--subnet` / `--network` before it."""
+# Changes the item an option refines, or says what is wrong with the value.
+Refinement: TypeAlias = "Callable[[dict[str, Any], str], str | None]"
 
-    # Set by subclasses: the list it refines and how it stores its value.
+
+class _RefineSubnet(argparse.Action):
+    """An option that applies to the last `--subnet` before it, by its `refine`."""
+
     target = "subnets"
     starter = "--subnet"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, refine: Refinement, **kwargs: Any) -> None:
         # It writes into the item it refines, never a namespace attribute of its own.
         kwargs.setdefault("default", argparse.SUPPRESS)
         super().__init__(*args, **kwargs)
+        self.refine = refine
 
     def __call__(
         self,
@@ -181,73 +185,64 @@ class _Refine(argparse.Action):
         if item is None:
             parser.error(f"{option_string} must follow the {self.starter} it applies to")
         assert isinstance(values, str)
-        problem = self.apply(item, values)
+        problem = self.refine(item, values)
         if problem:
             parser.error(f"{option_string} {values}: {problem}")
 
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        raise NotImplementedError
 
+class _RefineNetwork(_RefineSubnet):
+    """An option that applies to the last `--network` before it, by its `refine`."""
 
-class _Gateway(_Refine):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        if "gateway" in item:
-            return f"subnet {item['subnet']} already has gateway {item['gateway']}"
-        item["gateway"] = value
-        return None
-
-
-class _Range(_Refine):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        start, sep, end = value.partition("-")
-        if not sep or not start.strip() or not end.strip():
-            return "want a range FIRST-LAST, e.g. 10.88.0.10-10.88.0.200"
-        if "range_start" in item:
-            return f"subnet {item['subnet']} already has a range"
-        item["range_start"], item["range_end"] = start.strip(), end.strip()
-        return None
-
-
-class _Exclude(_Refine):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        item.setdefault("exclude", []).append(value)
-        return None
-
-
-class _BlockPrefix(_Refine):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        if not value.isdigit():
-            return "want a prefix length, e.g. 26"
-        item["block_prefix"] = int(value)
-        return None
-
-
-class _NetworkOption(_Refine):
     target = "networks"
     starter = "--network"
 
 
-class _Ifname(_NetworkOption):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        if "ifname" in item:
-            return f"network {item['name']} already has ifname {item['ifname']!r}"
-        item["ifname"] = value
-        return None
+def _gateway(subnet: dict[str, Any], value: str) -> str | None:
+    if "gateway" in subnet:
+        return f"subnet {subnet['subnet']} already has gateway {subnet['gateway']}"
+    subnet["gateway"] = value
+    return None
 
 
-class _StaticIp(_NetworkOption):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        item.setdefault("static_ips", []).append(value)
-        return None
+def _lease_range(subnet: dict[str, Any], value: str) -> str | None:
+    start, sep, end = value.partition("-")
+    if not sep or not start.strip() or not end.strip():
+        return "want a range FIRST-LAST, e.g. 10.88.0.10-10.88.0.200"
+    if "range_start" in subnet:
+        return f"subnet {subnet['subnet']} already has a range"
+    subnet["range_start"], subnet["range_end"] = start.strip(), end.strip()
+    return None
 
 
-class _Attribute(_NetworkOption):
-    def apply(self, item: dict[str, Any], value: str) -> str | None:
-        key, sep, text = value.partition("=")
-        if not sep or not key:
-            return "want KEY=VALUE"
-        item.setdefault("attributes", {})[key] = text
-        return None
+def _block_prefix(subnet: dict[str, Any], value: str) -> str | None:
+    if not value.isdigit():
+        return "want a prefix length, e.g. 26"
+    subnet["block_prefix"] = int(value)
+    return None
+
+
+def _attribute(network: dict[str, Any], value: str) -> str | None:
+    key, sep, text = value.partition("=")
+    if not sep or not key:
+        return "want KEY=VALUE"
+    network.setdefault("attributes", {})[key] = text
+    return None
+
+
+def _ifname(network: dict[str, Any], value: str) -> str | None:
+    if "ifname" in network:
+        return f"network {network['name']} already has ifname {network['ifname']!r}"
+    network["ifname"] = value
+    return None
+
+
+def _appending(key: str) -> Refinement:
+    """A refinement that adds its value to the item's list `key` (a repeatable option)."""
+
+    def append(item: dict[str, Any], value: str) -> None:
+        item.setdefault(key, []).append(value)
+
+    return append
 
 
 # What `add_subparsers` returns: the commands (or a command's subcommands) being built.
@@ -361,16 +356,27 @@ def _add_network_create(network_commands: Commands) -> None:
         metavar="CIDR",
         help="a subnet; repeat for dual stack; the options below apply to the last one",
     )
-    create.add_argument("--gateway", action=_Gateway, metavar="IP", help="never leased")
     create.add_argument(
-        "--range", action=_Range, metavar="A-B", help="the lease range (default: the whole subnet)"
+        "--gateway", action=_RefineSubnet, refine=_gateway, metavar="IP", help="never leased"
     )
     create.add_argument(
-        "--exclude", action=_Exclude, metavar="ADDR|CIDR|A-B", help="never leased; repeatable"
+        "--range",
+        action=_RefineSubnet,
+        refine=_lease_range,
+        metavar="A-B",
+        help="the lease range (default: the whole subnet)",
+    )
+    create.add_argument(
+        "--exclude",
+        action=_RefineSubnet,
+        refine=_appending("exclude"),
+        metavar="ADDR|CIDR|A-B",
+        help="never leased; repeatable",
     )
     create.add_argument(
         "--block-prefix",
-        action=_BlockPrefix,
+        action=_RefineSubnet,
+        refine=_block_prefix,
         metavar="N",
         help="cluster networks: the prefix length of the subnet's blocks (default 26 / 122)",
     )
@@ -396,13 +402,18 @@ def _add_alloc(commands: Commands) -> None:
         metavar="NET",
         help="a network; repeatable; the options below apply to the last one",
     )
-    alloc.add_argument("--ifname", action=_Ifname, metavar="IF")
+    alloc.add_argument("--ifname", action=_RefineNetwork, refine=_ifname, metavar="IF")
     alloc.add_argument(
-        "--ip", action=_StaticIp, metavar="IP", help="a static address (one per subnet); repeatable"
+        "--ip",
+        action=_RefineNetwork,
+        refine=_appending("static_ips"),
+        metavar="IP",
+        help="a static address (one per subnet); repeatable",
     )
     alloc.add_argument(
         "--attr",
-        action=_Attribute,
+        action=_RefineNetwork,
+        refine=_attribute,
         metavar="KEY=VALUE",
         help="an attribute for people debugging, e.g. pod=web; repeatable",
     )
@@ -414,7 +425,7 @@ def _add_release(commands: Commands) -> None:
     release.add_argument(
         "--network", dest="networks", action=_StartItem, metavar="NET", help="repeatable"
     )
-    release.add_argument("--ifname", action=_Ifname, metavar="IF")
+    release.add_argument("--ifname", action=_RefineNetwork, refine=_ifname, metavar="IF")
 
 
 def _add_get(commands: Commands) -> None:
