@@ -163,13 +163,14 @@ def test_a_reboot_makes_old_leases_suspect_until_confirmed_or_collected(host: Ho
         # Nobody else gets a's or b's address while they hold them.
         assert alloc(client, "newcomer") not in (held["a/"], held["b/"])
 
-    log = daemon.log()
-    assert "3 lease(s) from an earlier boot are suspect (current boot boot-two)" in log
-    assert "get container_id=b by " in log and "confirmed 1 suspect lease(s)" in log
-    assert (
-        f"gc container_id=c ifname=eth0 network={NET} by pid=" in log
-        and f"released {held['c/eth0']}: not in gc's valid list; made in boot boot-one" in log
-    )
+    for line in (
+        "3 lease(s) from an earlier boot are suspect (current boot boot-two)",
+        "get container_id=b by ",
+        "confirmed 1 suspect lease(s)",
+        f"gc container_id=c ifname=eth0 network={NET} by pid=",
+        f"released {held['c/eth0']}: not in gc's valid list; made in boot boot-one",
+    ):
+        assert daemon.wait_for_log(line), line
     host.stop()
     # The confirmations were durable: a restart in the same boot finds none suspect.
     host.start()
@@ -291,17 +292,16 @@ def test_reclaim_after_reboot_releases_unconfirmed_leases_only_after_the_grace(
                 assert set(leases(client)) == {"a/"}
                 assert suspect_counts(client) == (0, 0, 0)
         assert host.daemon is not None
-        log = host.daemon.log()
         for key, ip in (
             ("container_id=b", held["b/"]),
             ("container_id=c ifname=eth0", held["c/eth0"]),
         ):
-            assert (
+            assert host.daemon.wait_for_log(
                 f"reclaim {key} network={NET} by ipamd: released {ip}: made in boot boot-one,"
                 " not confirmed within reclaim_after_reboot (3s) of start"
-            ) in log
-        assert "reclaim container_id=a " not in log
+            )
         host.stop()
+        assert "reclaim container_id=a " not in host.daemon.log()
     finally:
         if host.daemon is not None:
             host.daemon.close()
