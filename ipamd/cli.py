@@ -137,8 +137,8 @@ def _last(namespace: argparse.Namespace, dest: str) -> dict[str, Any] | None:
     return items[-1] if items else None
 
 
-class _StartItem(argparse.Action):
-    """`--subnet CIDR` / `--network NET`: start a new item that later options refine."""
+class _ItemOption(argparse.Action):
+    """An option taking one value that builds the list of subnets or networks."""
 
     def __call__(
         self,
@@ -147,11 +147,26 @@ class _StartItem(argparse.Action):
         values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
-        items: list[dict[str, Any]] = list(getattr(namespace, self.dest, None) or [])
-        items.append({self.metavar_key: values})
-        setattr(namespace, self.dest, items)
+        assert isinstance(values, str)  # one value: no nargs
+        self.take(parser, namespace, values, option_string)
+
+    def take(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str, flag: Any
+    ) -> None:
+        raise NotImplementedError
+
+
+class _StartItem(_ItemOption):
+    """`--subnet CIDR` / `--network NET`: start a new item that later options refine."""
 
     metavar_key = "name"
+
+    def take(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str, flag: Any
+    ) -> None:
+        items: list[dict[str, Any]] = list(getattr(namespace, self.dest, None) or [])
+        items.append({self.metavar_key: value})
+        setattr(namespace, self.dest, items)
 
 
 class _StartSubnet(_StartItem):
@@ -162,7 +177,7 @@ class _StartSubnet(_StartItem):
 Refinement: TypeAlias = "Callable[[dict[str, Any], str], str | None]"
 
 
-class _RefineSubnet(argparse.Action):
+class _RefineSubnet(_ItemOption):
     """An option that applies to the last `--subnet` before it, by its `refine`."""
 
     target = "subnets"
@@ -174,20 +189,15 @@ class _RefineSubnet(argparse.Action):
         super().__init__(*args, **kwargs)
         self.refine = refine
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
+    def take(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: str, flag: Any
     ) -> None:
         item = _last(namespace, self.target)
         if item is None:
-            parser.error(f"{option_string} must follow the {self.starter} it applies to")
-        assert isinstance(values, str)
-        problem = self.refine(item, values)
+            parser.error(f"{flag} must follow the {self.starter} it applies to")
+        problem = self.refine(item, value)
         if problem:
-            parser.error(f"{option_string} {values}: {problem}")
+            parser.error(f"{flag} {value}: {problem}")
 
 
 class _RefineNetwork(_RefineSubnet):
@@ -243,6 +253,39 @@ def _appending(key: str) -> Refinement:
         item.setdefault(key, []).append(value)
 
     return append
+
+
+# The options that refine the last --subnet / --network: flag, refinement, metavar, help.
+RefiningOption: TypeAlias = "tuple[str, Refinement, str, str | None]"
+SUBNET_OPTIONS: list[RefiningOption] = [
+    ("--gateway", _gateway, "IP", "never leased"),
+    ("--range", _lease_range, "A-B", "the lease range (default: the whole subnet)"),
+    ("--exclude", _appending("exclude"), "ADDR|CIDR|A-B", "never leased; repeatable"),
+    (
+        "--block-prefix",
+        _block_prefix,
+        "N",
+        "cluster networks: the prefix length of the subnet's blocks (default 26 / 122)",
+    ),
+]
+IFNAME_OPTION: RefiningOption = ("--ifname", _ifname, "IF", None)
+NETWORK_OPTIONS: list[RefiningOption] = [
+    IFNAME_OPTION,
+    ("--ip", _appending("static_ips"), "IP", "a static address (one per subnet); repeatable"),
+    (
+        "--attr",
+        _attribute,
+        "KEY=VALUE",
+        "an attribute for people debugging, e.g. pod=web; repeatable",
+    ),
+]
+
+
+def _add_refinements(
+    parser: argparse.ArgumentParser, action: type[_RefineSubnet], options: list[RefiningOption]
+) -> None:
+    for flag, refine, metavar, text in options:
+        parser.add_argument(flag, action=action, refine=refine, metavar=metavar, help=text)
 
 
 # What `add_subparsers` returns: the commands (or a command's subcommands) being built.
@@ -356,30 +399,7 @@ def _add_network_create(network_commands: Commands) -> None:
         metavar="CIDR",
         help="a subnet; repeat for dual stack; the options below apply to the last one",
     )
-    create.add_argument(
-        "--gateway", action=_RefineSubnet, refine=_gateway, metavar="IP", help="never leased"
-    )
-    create.add_argument(
-        "--range",
-        action=_RefineSubnet,
-        refine=_lease_range,
-        metavar="A-B",
-        help="the lease range (default: the whole subnet)",
-    )
-    create.add_argument(
-        "--exclude",
-        action=_RefineSubnet,
-        refine=_appending("exclude"),
-        metavar="ADDR|CIDR|A-B",
-        help="never leased; repeatable",
-    )
-    create.add_argument(
-        "--block-prefix",
-        action=_RefineSubnet,
-        refine=_block_prefix,
-        metavar="N",
-        help="cluster networks: the prefix length of the subnet's blocks (default 26 / 122)",
-    )
+    _add_refinements(create, _RefineSubnet, SUBNET_OPTIONS)
     create.add_argument("--driver", help="network driver (default host-local)")
     create.add_argument(
         "--scope",
@@ -391,9 +411,19 @@ def _add_network_create(network_commands: Commands) -> None:
     )
 
 
+def _container_command(
+    commands: Commands,
+    name: str,
+    handler: Callable[[Client, argparse.Namespace, Output], None],
+) -> argparse.ArgumentParser:
+    """A command about one container, named first: `ipamd-client NAME CONTAINER ...`."""
+    parser = _subcommand(commands, name, handler)
+    parser.add_argument("container", metavar="CONTAINER")
+    return parser
+
+
 def _add_alloc(commands: Commands) -> None:
-    alloc = _subcommand(commands, "alloc", cmd_alloc)
-    alloc.add_argument("container", metavar="CONTAINER")
+    alloc = _container_command(commands, "alloc", cmd_alloc)
     alloc.add_argument(
         "--network",
         dest="networks",
@@ -402,35 +432,19 @@ def _add_alloc(commands: Commands) -> None:
         metavar="NET",
         help="a network; repeatable; the options below apply to the last one",
     )
-    alloc.add_argument("--ifname", action=_RefineNetwork, refine=_ifname, metavar="IF")
-    alloc.add_argument(
-        "--ip",
-        action=_RefineNetwork,
-        refine=_appending("static_ips"),
-        metavar="IP",
-        help="a static address (one per subnet); repeatable",
-    )
-    alloc.add_argument(
-        "--attr",
-        action=_RefineNetwork,
-        refine=_attribute,
-        metavar="KEY=VALUE",
-        help="an attribute for people debugging, e.g. pod=web; repeatable",
-    )
+    _add_refinements(alloc, _RefineNetwork, NETWORK_OPTIONS)
 
 
 def _add_release(commands: Commands) -> None:
-    release = _subcommand(commands, "release", cmd_release)
-    release.add_argument("container", metavar="CONTAINER")
+    release = _container_command(commands, "release", cmd_release)
     release.add_argument(
         "--network", dest="networks", action=_StartItem, metavar="NET", help="repeatable"
     )
-    release.add_argument("--ifname", action=_RefineNetwork, refine=_ifname, metavar="IF")
+    _add_refinements(release, _RefineNetwork, [IFNAME_OPTION])
 
 
 def _add_get(commands: Commands) -> None:
-    get = _subcommand(commands, "get", cmd_get)
-    get.add_argument("container", metavar="CONTAINER")
+    get = _container_command(commands, "get", cmd_get)
     get.add_argument(
         "--network",
         dest="network_names",
