@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ipamd.daemon import journal
 from ipamd.daemon.log_time import TimedFormatter, iso_now
 
+# The message comes last, so a body without it is every line's common head.
 BODY = "%(levelname)s %(name)s: %(message)s"
 
 

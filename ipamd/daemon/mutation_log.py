@@ -29,6 +29,8 @@ class MutationLog:
         self._stream = stream
         # On stderr a line starts as the logging handler's do; a given stream gets bare lines.
         self._format = LineFormat.for_stderr() if stream is None else None
+        # Every line's text up to the message, made once: the message ends a body.
+        self._head = body("INFO", LOGGER_NAME, "")
         self._lines: list[str] = []
         self._burst_over = trio.lowlevel.ParkingLot()  # where `run` waits
         self._running = False
@@ -55,8 +57,7 @@ class MutationLog:
             return
         # Off the journal the time goes in front when the burst is written: one
         # clock read per burst (the burst's lines are answered within one batch).
-        message = f"{method} {subject} by {caller}: {outcome}"
-        self._lines.append(body("INFO", LOGGER_NAME, message) + "\n")
+        self._lines.append(f"{self._head}{method} {subject} by {caller}: {outcome}\n")
         if not self._running:
             self.flush()
         elif len(self._lines) == 1:

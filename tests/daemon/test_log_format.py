@@ -22,6 +22,8 @@ def test_a_body_is_what_the_handler_writes_after_the_prefix() -> None:
     assert expected == "INFO ipamd.mutations: alloc container_id=c by pid=1 uid=0: ok 100%"
     assert journal_line == LineFormat(to_journal=True).prefix(logging.INFO) + expected
     assert timed_line == f"{iso_time(record.created)} {expected}"
+    # The mutation log builds its lines on the head a body has without a message.
+    assert expected == body("INFO", "ipamd.mutations", "") + record.getMessage()
 
 
 def test_the_prefix_is_the_priority_on_the_journal_and_the_time_elsewhere() -> None:
