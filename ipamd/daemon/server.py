@@ -39,7 +39,7 @@ import os
 import select
 import socket
 import time
-from typing import Any
+from typing import Any, TypeAlias
 
 import trio
 
@@ -91,6 +91,11 @@ class Client:
         return f"<Client fd={self.fd} {self.peer}>"
 
 
+# An answer to a mutation on its way to the client: who, msgid, when an alloc was
+# read (for its latency), result, error.
+Answer: TypeAlias = tuple[Client, int, float | None, Any, IpamError | None]
+
+
 class Server:
     def __init__(
         self, service: Service, limits: Limits, counters: ConnectionCounters | None = None
@@ -101,8 +106,7 @@ class Server:
         self._epoll = select.epoll()
         self._by_fd: dict[int, Client] = {}
         self._backlog: set[Client] = set()  # to serve next round, readable or not
-        # Answers to mutations, queued by the writer's task for the poller to write.
-        self._answers: list[tuple[Client, int, float | None, Any, IpamError | None]] = []
+        self._answers: list[Answer] = []  # queued by the writer's task, for the poller
         self._idle_wait: trio.CancelScope | None = None  # the poller, waiting
         self._accept_scope = trio.CancelScope()
         self._quiet = trio.Event()  # set whenever no mutation is in flight
@@ -187,7 +191,7 @@ class Server:
             if self._answers:  # first: their clients have waited for the writer already
                 answers, self._answers = self._answers, []
                 for answer in answers:
-                    self._deliver(*answer)
+                    self._deliver(answer, now)
             for fd, events in ready:
                 client = by_fd.get(fd)
                 if client is None:
@@ -307,20 +311,13 @@ class Server:
         self._answers.append((client, msgid, received, result, error))
         self._wake()
 
-    def _deliver(
-        self,
-        client: Client,
-        msgid: int,
-        received: float | None,
-        result: Any,
-        error: IpamError | None,
-    ) -> None:
-        """Give an answer to its connection and write it; `received`: when an alloc was read."""
+    def _deliver(self, answer: Answer, now: float) -> None:
+        """Give an answer to its connection and write it."""
+        client, msgid, received, result, error = answer
         client.conn.send_response(msgid, error, result)
         if client.conn.state is not CLOSED:  # else nobody is left to tell
-            now = time.monotonic()
-            if received is not None:
-                self.counters.alloc_seconds.observe(now - received)
+            if received is not None:  # when the alloc was read
+                self.counters.alloc_seconds.observe(time.monotonic() - received)
             self._flush(client, now)
         self.in_flight -= 1
         if not self.in_flight:
