@@ -66,7 +66,8 @@ def decide(
     if isinstance(mutation, AllocRequest):
         leases, changes = allocator.alloc(mutation, view, now)
         pools = allocator.pools  # every network in `leases` has one: alloc just used it
-        held = tuple((pools[name].network, lease) for name, lease in leases.items())
+        # A list comprehension, not a generator: no generator frame per alloc.
+        held = tuple([(pools[name].network, lease) for name, lease in leases.items()])
         return Allocated(mutation.container_id, held), changes
     if isinstance(mutation, ReleaseRequest):
         released, changes = allocator.release(mutation, view)
@@ -82,7 +83,7 @@ def decide(
     if isinstance(mutation, ReclaimRequest):
         reclaimed, changes = allocator.reclaim(mutation, view)
         pools = allocator.pools
-        held = tuple((pools[lease.key.network].network, lease) for lease in reclaimed)
+        held = tuple([(pools[lease.key.network].network, lease) for lease in reclaimed])
         return Reclaimed(allocator.boot, held), changes
     if isinstance(mutation, CreateNetworkRequest):
         network, changes = allocator.create_network(mutation.network)
