@@ -52,6 +52,7 @@ def check_source(source: Path) -> None:
     found = subprocess.run(
         [sys.executable, "-c", "import ipamd; print(ipamd.__file__)"],
         env=checkout_env(source),
+        cwd="/",  # as the daemons run: a checkout in the current directory would come first
         capture_output=True,
         text=True,
         check=True,
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, source in sources.items():
         log(f"  {name}: {source}")
     with temp_root(keep=False) as root:
+        os.chdir(root)  # `python -m` puts the current directory first on the import path
         servers = {name: start(root, name, source) for name, source in sources.items()}
         controls = {name: Rpc(server.socket) for name, server in servers.items()}
         try:

@@ -39,12 +39,12 @@ import os
 import select
 import socket
 import time
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import trio
 
 from ipamd.daemon.peercred import peer_credentials
-from ipamd.daemon.service import PendingRead, Service
+from ipamd.daemon.service import PendingRead, Render, Service, ready
 from ipamd.errors import IpamError, Unavailable
 from ipamd.metrics.instruments import ConnectionCounters
 from ipamd.wire.connection import (
@@ -68,6 +68,7 @@ SWEEP_INTERVAL_S = 1.0
 # accept() failing for lack of descriptors or memory: wait for some to free up.
 ACCEPT_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BACKOFF_S = 0.1
+INTERNAL_ERROR = "internal error; see the daemon's log"
 
 READABLE = select.EPOLLIN
 WRITABLE = select.EPOLLOUT
@@ -92,8 +93,8 @@ class Client:
 
 
 # An answer to a mutation on its way to the client: who, msgid, when an alloc was
-# read (for its latency), result, error.
-Answer: TypeAlias = tuple[Client, int, float | None, Any, IpamError | None]
+# read (for its latency), and the service's `render` giving its (result, error).
+Answer: TypeAlias = tuple[Client, int, float | None, Render]
 
 
 class Server:
@@ -221,6 +222,7 @@ class Server:
     def _wake(self) -> None:
         if self._idle_wait is not None:
             self._idle_wait.cancel()
+            self._idle_wait = None  # once is enough: a group's answers each wake us
 
     # -- one connection's turn ---------------------------------------------------------
 
@@ -283,10 +285,10 @@ class Server:
         try:
             self.service.start_mutation(request.method, request.params, client.peer, answered)
         except IpamError as e:
-            answered(None, e)
+            answered(functools.partial(ready, None, e))
         except Exception:
             log.exception("%s failed", request.method)
-            answered(None, Unavailable("internal error; see the daemon's log"))
+            answered(functools.partial(ready, None, Unavailable(INTERNAL_ERROR)))
 
     def _start_pending_read(self, client: Client, msgid: int, read: PendingRead) -> None:
         """Answered through `_answered`, as a mutation is."""
@@ -296,24 +298,24 @@ class Server:
             read.start(client.peer, answered)
         except Exception:
             log.exception("a read that writes failed")
-            answered(None, Unavailable("internal error; see the daemon's log"))
+            answered(functools.partial(ready, None, Unavailable(INTERNAL_ERROR)))
 
     def _answered(
         self,
         client: Client,
         msgid: int,
         received: float | None,
-        result: Any,
-        error: IpamError | None,
+        render: Render,
     ) -> None:
         """The answer to a mutation, from the writer's task (or a refusal, from ours):
-        queued for the poller, which hands it to the connection and writes it."""
-        self._answers.append((client, msgid, received, result, error))
+        queued for the poller, which renders it, hands it to the connection and writes it."""
+        self._answers.append((client, msgid, received, render))
         self._wake()
 
     def _deliver(self, answer: Answer, now: float) -> None:
-        """Give an answer to its connection and write it."""
-        client, msgid, received, result, error = answer
+        """Render an answer, give it to its connection and write it."""
+        client, msgid, received, render = answer
+        result, error = render()
         client.conn.send_response(msgid, error, result)
         if client.conn.state is not CLOSED:  # else nobody is left to tell
             if received is not None:  # when the alloc was read

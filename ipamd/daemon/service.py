@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ipamd import __version__
 from ipamd.config import Config
@@ -39,7 +39,7 @@ from ipamd.core.snapshot import NetworkSnapshot
 from ipamd.daemon.committed_state import CommittedState
 from ipamd.daemon.mutation_log import MutationLog
 from ipamd.daemon.suspects import stale_line, suspect_total
-from ipamd.daemon.writer import OnDone, Writer
+from ipamd.daemon.writer import Writer
 from ipamd.errors import (
     InvalidRequest,
     IpamError,
@@ -54,6 +54,21 @@ from ipamd.wire.results import attachments, network_result, result_of
 from ipamd.wire.values import as_map, as_optional_map
 
 log = logging.getLogger("ipamd.service")
+# What the server gets for a mutation: `on_answer(render)`, called in the writer's
+# task, where `render()` gives the wire's (result, error). The server calls it
+# when it delivers, on the poller's turn: rendering, logging and counting a
+# group's answers one by one as each is written, rather than all of them before
+# the first leaves, is what keeps the first client's wait short.
+Reply: TypeAlias = tuple[Any, IpamError | None]
+Render: TypeAlias = Callable[[], Reply]
+OnAnswer: TypeAlias = Callable[[Render], None]
+
+
+def ready(result: Any, error: IpamError | None) -> Reply:
+    """A `Render` for an answer that is already rendered (bind it with functools.partial)."""
+    return result, error
+
+
 if TYPE_CHECKING:
     from ipamd.cluster.frontend import ClusterFrontend
 
@@ -95,11 +110,11 @@ class Peer:
 class PendingRead:
     """A read that must first write: a `get` that saw suspect leases confirms
     them through the writer before it answers. The server queues it as it
-    queues a mutation: `start(peer, on_done)`. Every other read stays inline."""
+    queues a mutation: `start(peer, on_answer)`. Every other read stays inline."""
 
     __slots__ = ("start",)
 
-    def __init__(self, start: Callable[[Peer, OnDone], None]) -> None:
+    def __init__(self, start: Callable[[Peer, OnAnswer], None]) -> None:
         self.start = start
 
 
@@ -159,24 +174,27 @@ class Service:
             raise
 
     def start_mutation(
-        self, method: str, params: dict[str, Any], peer: Peer, on_done: OnDone
+        self, method: str, params: dict[str, Any], peer: Peer, on_answer: OnAnswer
     ) -> None:
         """Check, parse and queue a mutation now, in the caller's order (raising
-        its IpamError at once if that fails); `on_done(result, error)` is called
-        from the writer task once its batch is synced. Every outcome is logged
-        with the caller's pid and uid.
+        its IpamError at once if that fails); `on_answer(render)` is called from
+        the writer task once its batch is synced, and `render()` later gives the
+        wire's (result, error). Every outcome is logged with the caller's pid and uid.
         """
         subject, caller = _subject(params), peer.text
         dry_run = params.get("dry_run") is True
 
-        def done(outcome: Any, error: IpamError | None) -> None:
+        def render(outcome: Any, error: IpamError | None) -> Reply:
             result = result_of(outcome) if error is None else None
             logged = _outcome(method, result) if error is None else f"{error.name}: {error}"
             self.mutation_log.record(method, subject, caller, logged)
             self.counters.answered(method, result, error, dry_run=dry_run)
             if method == "gc" and error is None and not dry_run:
                 self._log_collected(result, caller)
-            on_done(result, error)
+            return result, error
+
+        def done(outcome: Any, error: IpamError | None) -> None:
+            on_answer(functools.partial(render, outcome, error))
 
         try:
             if method not in CLUSTER_READS and not self.may_mutate(peer):
@@ -310,8 +328,11 @@ class Service:
         suspects: tuple[LeaseKey, ...],
         unconfirmed: Any,
         peer: Peer,
-        on_done: OnDone,
+        on_answer: OnAnswer,
     ) -> None:
+        def on_done(result: Any, error: IpamError | None) -> None:
+            on_answer(functools.partial(ready, result, error))
+
         if not self.may_mutate(peer):
             on_done(unconfirmed, None)  # a reader may look, not keep leases alive
             return
