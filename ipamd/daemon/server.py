@@ -337,8 +337,8 @@ class Server:
     def _flush(self, client: Client, now: float) -> None:
         """Write what the socket has room for, then follow the connection's state."""
         conn = client.conn
-        data = conn.data_to_send()
-        if data:
+        if conn.unsent:  # (after a turn of mutations only, nothing is: their answers come later)
+            data = conn.data_to_send()
             try:
                 sent = os.write(client.fd, data)
             except BlockingIOError:
