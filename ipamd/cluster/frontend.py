@@ -27,9 +27,6 @@ from ipamd.errors import InvalidRequest, IpamError, Unavailable
 
 log = logging.getLogger("ipamd.cluster")
 
-READS = frozenset({"cluster.status", "cluster.blocks", "cluster.check"})
-METHODS = READS | {"cluster.release_host"}
-
 
 class ClusterFrontend:
     def __init__(self, node: ClusterNode) -> None:

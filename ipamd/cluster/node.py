@@ -104,7 +104,6 @@ class ClusterNode:
         )
         self.caught_up = False  # the first catch-up with etcd is done
         self.alive_lease: int | None = None
-        self.alive_until = 0.0  # monotonic: our liveness key surely exists until then
         self.claims = 0  # blocks claimed
         self._nursery: trio.Nursery | None = None
         self._claiming: dict[tuple[str, int], trio.Event] = {}
@@ -167,10 +166,8 @@ class ClusterNode:
                         self.etcd.session.put, self.layout.host(self.host), value, lease
                     )
                     self.alive_lease = lease
-                    self.alive_until = time.monotonic() + ttl
                     log.info("cluster: host %s is alive in etcd (lease %x)", self.host, lease)
                 else:
-                    asked = time.monotonic()
                     left = await self.etcd.call(self.etcd.session.keepalive, self.alive_lease)
                     if left <= 0:
                         # Our liveness key is gone: to etcd we were dead, and an
@@ -183,7 +180,6 @@ class ClusterNode:
                         self.alive_lease = None
                         self._wake_sync.set()
                         continue
-                    self.alive_until = asked + left
             except EtcdUnreachable:
                 pass  # etcd.unreachable_since says since when; blocks stay ours
             except EtcdError as e:
