@@ -8,9 +8,10 @@ turns, each takes the same phase of `--ops` allocs from 64 closed-loop clients
 The order alternates every repetition (old-new, new-old, ...) so the machine's
 noise, which comes and goes for seconds, hits both alike.
 
-Figures: per checkout the median alloc and release rates and the median p99
-of allocs; `new_vs_old_64` is the median of the per-repetition ratios
-(new / old) of alloc rates, and `p99_new_vs_old_64` the same for p99 latency.
+Figures: per checkout the median alloc and release rates, the median p99
+of allocs and the daemon's CPU time per alloc (user + system, all threads);
+`new_vs_old_64` is the median of the per-repetition ratios (new / old) of
+alloc rates, and `p99_new_vs_old_64` the same for p99 latency.
 
 Usage:  python benchmarks/bench_checkouts.py OLD NEW [--reps N] [--ops N] [--quick] [--json]
 OLD and NEW are directories holding an `ipamd/` package (git worktrees: e.g.
@@ -155,6 +156,9 @@ def summarise(phases: dict[str, dict[str, list[Phase]]]) -> dict[str, Any]:
         out[f"{name}_alloc_p99_ms"] = round(
             statistics.median(p.lat_ms(99) for p in by_method["alloc"]), 3
         )
+        out[f"{name}_alloc_cpu_us"] = round(
+            statistics.median(p.server_cpu_s / p.ops * 1e6 for p in by_method["alloc"]), 2
+        )
     allocs = list(zip(phases["old"]["alloc"], phases["new"]["alloc"], strict=True))
     out["new_vs_old_64"] = round(median_ratio([(o.rate, n.rate) for o, n in allocs]), 4)
     out["p99_new_vs_old_64"] = round(
@@ -166,11 +170,14 @@ def summarise(phases: dict[str, dict[str, list[Phase]]]) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print(f"\n{'':6} {'allocs/s':>10} {'releases/s':>11} {'alloc p99 ms':>13}")
+    print(
+        f"\n{'':6} {'allocs/s':>10} {'releases/s':>11} {'alloc p99 ms':>13}"
+        f" {'daemon CPU µs/alloc':>20}"
+    )
     for name in ("old", "new"):
         print(
             f"{name:6} {summary[f'{name}_alloc_per_s']:>10} {summary[f'{name}_release_per_s']:>11}"
-            f" {summary[f'{name}_alloc_p99_ms']:>13}"
+            f" {summary[f'{name}_alloc_p99_ms']:>13} {summary[f'{name}_alloc_cpu_us']:>20}"
         )
     print(
         f"\nnew/old at {CLIENTS} clients (median of per-repetition ratios): allocs"

@@ -15,20 +15,20 @@ from ipamd.core.lease import Lease
 from ipamd.core.network import IPAddress, Network
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Allocated:
     container_id: str
     # Per network of the request, in its order: the network and the lease held there.
     held: tuple[tuple[Network, Lease], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Released:
     # Per network where a lease of the container was released: the addresses freed.
     addresses: dict[str, list[IPAddress]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Collected:
     """A gc: the leases it released (or, with dry_run, would release)."""
 
@@ -38,23 +38,23 @@ class Collected:
     confirmed: int  # suspect leases it found listed as valid, made current
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Confirmed:
     count: int  # suspect leases made current
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reclaimed:
     boot: str
     released: tuple[tuple[Network, Lease], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NetworkCreated:
     network: Network  # the stored definition (the one given, or the identical one held)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NetworkDeleted:
     name: str
     released: int  # leases released with it (force)

@@ -93,7 +93,7 @@ def _attachment_from_wire(name: str, raw: Any) -> Attachment:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AllocRequest:
     container_id: str
     networks: dict[str, Attachment]
@@ -116,7 +116,7 @@ class AllocRequest:
         return cls(container_id, networks)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReleaseRequest:
     container_id: str
     # None: every network. Per network, None: every ifname of the container there.
@@ -138,7 +138,7 @@ class ReleaseRequest:
         return cls(container_id, networks)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GcRequest:
     network: str
     # (container_id, ifname); ifname None keeps every attachment of the container.
@@ -179,7 +179,7 @@ class GcRequest:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConfirmRequest:
     """Make these leases current if they are suspect: a `get` (a CNI CHECK) by
     a caller allowed to mutate showed their owner alive. Made by the daemon,
@@ -188,7 +188,7 @@ class ConfirmRequest:
     keys: tuple[LeaseKey, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReclaimRequest:
     """Release these leases if they are still from another boot: the daemon's
     own, once `[leases] reclaim_after_reboot` has passed since it started."""
@@ -196,7 +196,7 @@ class ReclaimRequest:
     keys: tuple[LeaseKey, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreateNetworkRequest:
     network: Network
 
@@ -210,7 +210,7 @@ class CreateNetworkRequest:
         return cls(Network.from_wire(params))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteNetworkRequest:
     name: str
     force: bool = False

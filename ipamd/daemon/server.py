@@ -39,7 +39,7 @@ import os
 import select
 import socket
 import time
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import trio
 
@@ -94,7 +94,7 @@ class Client:
 
 # An answer to a mutation on its way to the client: who, msgid, when an alloc was
 # read (for its latency), and the service's `render` giving its (result, error).
-Answer: TypeAlias = tuple[Client, int, float | None, Render]
+Answer: TypeAlias = tuple[Client, int, float | None, Render, Any, IpamError | None]
 
 
 class Server:
@@ -257,7 +257,11 @@ class Server:
                 self.service.counters.errors["frame", event.error.name] += 1
             else:
                 log.debug("ignoring notification %r from %s", event.method, client.peer)
-        self._flush(client, now)
+        if conn.unsent or conn.state is not READING:
+            self._flush(client, now)
+        # Else a turn of mutations only, the usual one: their answers come later,
+        # and epoll already watches for the next request (`_watch` did, when the
+        # connection last had nothing unsent and was reading).
 
     def _answer_read(self, client: Client, request: Request) -> None:
         try:
@@ -285,10 +289,10 @@ class Server:
         try:
             self.service.start_mutation(request.method, request.params, client.peer, answered)
         except IpamError as e:
-            answered(functools.partial(ready, None, e))
+            answered(ready, None, e)
         except Exception:
             log.exception("%s failed", request.method)
-            answered(functools.partial(ready, None, Unavailable(INTERNAL_ERROR)))
+            answered(ready, None, Unavailable(INTERNAL_ERROR))
 
     def _start_pending_read(self, client: Client, msgid: int, read: PendingRead) -> None:
         """Answered through `_answered`, as a mutation is."""
@@ -298,7 +302,7 @@ class Server:
             read.start(client.peer, answered)
         except Exception:
             log.exception("a read that writes failed")
-            answered(functools.partial(ready, None, Unavailable(INTERNAL_ERROR)))
+            answered(ready, None, Unavailable(INTERNAL_ERROR))
 
     def _answered(
         self,
@@ -306,16 +310,19 @@ class Server:
         msgid: int,
         received: float | None,
         render: Render,
+        outcome: Any,
+        error: IpamError | None,
     ) -> None:
         """The answer to a mutation, from the writer's task (or a refusal, from ours):
         queued for the poller, which renders it, hands it to the connection and writes it."""
-        self._answers.append((client, msgid, received, render))
-        self._wake()
+        self._answers.append((client, msgid, received, render, outcome, error))
+        if self._idle_wait is not None:
+            self._wake()
 
     def _deliver(self, answer: Answer, now: float) -> None:
         """Render an answer, give it to its connection and write it."""
-        client, msgid, received, render = answer
-        result, error = render()
+        client, msgid, received, render, outcome, error = answer
+        result, error = render(outcome, error)
         client.conn.send_response(msgid, error, result)
         if client.conn.state is not CLOSED:  # else nobody is left to tell
             if received is not None:  # when the alloc was read
@@ -349,6 +356,8 @@ class Server:
                 return
             conn.sent(sent, now)
         state = conn.state
+        if state is READING and client.mask == READABLE and not conn.unsent:
+            return  # the usual case: all written, and epoll watches what `_watch` would
         if state is CLOSED:
             self._close(client)
             return

@@ -54,18 +54,20 @@ from ipamd.wire.results import attachments, network_result, result_of
 from ipamd.wire.values import as_map, as_optional_map
 
 log = logging.getLogger("ipamd.service")
-# What the server gets for a mutation: `on_answer(render)`, called in the writer's
-# task, where `render()` gives the wire's (result, error). The server calls it
-# when it delivers, on the poller's turn: rendering, logging and counting a
-# group's answers one by one as each is written, rather than all of them before
-# the first leaves, is what keeps the first client's wait short.
+# What the server gets for a mutation: `on_answer(render, outcome, error)`,
+# called in the writer's task, where `render(outcome, error)` gives the wire's
+# (result, error), logged and counted. The server calls it when it delivers, on
+# the poller's turn: rendering, logging and counting a group's answers one by
+# one as each is written, rather than all of them before the first leaves, is
+# what keeps the first client's wait short. `on_answer` bound to its render
+# (functools.partial) is the writer's OnDone: no frame of ours between the two.
 Reply: TypeAlias = tuple[Any, IpamError | None]
-Render: TypeAlias = Callable[[], Reply]
-OnAnswer: TypeAlias = Callable[[Render], None]
+Render: TypeAlias = Callable[[Any, IpamError | None], Reply]
+OnAnswer: TypeAlias = Callable[[Render, Any, IpamError | None], None]
 
 
 def ready(result: Any, error: IpamError | None) -> Reply:
-    """A `Render` for an answer that is already rendered (bind it with functools.partial)."""
+    """The `Render` of an answer that is already a wire result."""
     return result, error
 
 
@@ -177,9 +179,10 @@ class Service:
         self, method: str, params: dict[str, Any], peer: Peer, on_answer: OnAnswer
     ) -> None:
         """Check, parse and queue a mutation now, in the caller's order (raising
-        its IpamError at once if that fails); `on_answer(render)` is called from
-        the writer task once its batch is synced, and `render()` later gives the
-        wire's (result, error). Every outcome is logged with the caller's pid and uid.
+        its IpamError at once if that fails); `on_answer(render, outcome, error)`
+        is called from the writer task once its batch is synced, and
+        `render(outcome, error)` later gives the wire's (result, error). Every
+        outcome is logged with the caller's pid and uid.
         """
         subject, caller = _subject(params), peer.text
         dry_run = params.get("dry_run") is True
@@ -193,8 +196,7 @@ class Service:
                 self._log_collected(result, caller)
             return result, error
 
-        def done(outcome: Any, error: IpamError | None) -> None:
-            on_answer(functools.partial(render, outcome, error))
+        done = functools.partial(on_answer, render)
 
         try:
             if method not in CLUSTER_READS and not self.may_mutate(peer):
@@ -330,8 +332,7 @@ class Service:
         peer: Peer,
         on_answer: OnAnswer,
     ) -> None:
-        def on_done(result: Any, error: IpamError | None) -> None:
-            on_answer(functools.partial(ready, result, error))
+        on_done = functools.partial(on_answer, ready)
 
         if not self.may_mutate(peer):
             on_done(unconfirmed, None)  # a reader may look, not keep leases alive
