@@ -119,8 +119,17 @@ class ServerConnection:
             self._turn_over(BLOCKED)
             return None
         event = self._rpc.next_event()
-        if event is NEED_DATA:
-            self._need_data()
+        if event is NEED_DATA:  # the turn is over: everything complete was served
+            self._budget = EVENTS_PER_TURN
+            if self._rpc.at_eof:
+                self.state = DRAINING
+                self._finish_if_drained()
+                return None
+            self.state = READING
+            if not self._rpc.in_frame:
+                self._frame_started_at = None
+            elif self._frame_started_at is None:
+                self._frame_started_at = self.received_at
             return None
         self._budget -= 1
         self._frame_started_at = None  # a frame completed: any partial one is newer
@@ -148,27 +157,20 @@ class ServerConnection:
         self.state = state
         self._budget = EVENTS_PER_TURN
 
-    def _need_data(self) -> None:
-        self._budget = EVENTS_PER_TURN
-        if self._rpc.at_eof:
-            self.state = DRAINING
-            self._finish_if_drained()
-            return
-        self.state = READING
-        if not self._rpc.in_frame:
-            self._frame_started_at = None
-        elif self._frame_started_at is None:
-            self._frame_started_at = self.received_at
-
     # -- sending ---------------------------------------------------------------------------
 
     def send_response(self, msgid: int, error: IpamError | None, result: Any) -> None:
         """Queue the answer to a Request that next_event returned. REQUIRES: one per Request."""
         self.in_flight -= 1
-        if self.state is CLOSED:
+        state = self.state
+        if state is CLOSED:
             return  # the client is gone: nobody to tell
-        self._queue(self._rpc.send_response(msgid, error, result))
-        if self.state is BLOCKED:
+        data = self._rpc.send_response(msgid, error, result)
+        self._outbox.append(data)  # `_queue`, less a call: once per answer
+        self.unsent += len(data)
+        if self.unsent > OUTBOX_HIGH_WATER and (state is READING or state is BACKLOG):
+            self.state = BLOCKED
+        elif state is BLOCKED:
             self._unblock_if_room()
 
     def _queue(self, data: bytes) -> None:

@@ -160,7 +160,7 @@ class RpcConnection:
         self._pending = bytearray()  # received, not yet handed to the unpacker
         self._fed = 0  # bytes handed to the unpacker so far
         self._frame_start = 0  # stream offset where the frame being decoded begins
-        self._eof = False
+        self.at_eof = False  # the peer has closed its side (`receive_data(b"")`); read-only
         self._fatal: ProtocolViolation | None = None
 
     # -- receiving -------------------------------------------------------------------------
@@ -171,9 +171,9 @@ class RpcConnection:
         After a fatal violation incoming bytes are dropped unread.
         """
         if not data:
-            self._eof = True
+            self.at_eof = True
             return
-        if self._eof:
+        if self.at_eof:
             raise LocalProtocolError("receive_data() after EOF")
         if self._fatal is not None:
             return
@@ -185,11 +185,6 @@ class RpcConnection:
             self._fed = fed + len(data)
             return
         self._pending += data
-
-    @property
-    def at_eof(self) -> bool:
-        """Whether the peer has closed its side (`receive_data(b"")`)."""
-        return self._eof
 
     @property
     def in_frame(self) -> bool:
@@ -223,7 +218,7 @@ class RpcConnection:
                 if self._pending:
                     self._feed_more()
                     continue
-                if self._eof and in_frame:
+                if self.at_eof and in_frame:
                     return self._fail(
                         InvalidRequest(
                             f"connection closed in the middle of a frame ({in_frame} bytes in)"
