@@ -111,8 +111,14 @@ def address_from_text(text: Any) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_name(text: str) -> bool:
+    # Cached: every alloc names its networks, nearly always the same few.
+    return NAME_PATTERN.fullmatch(text) is not None
+
+
 def validate_name(value: Any, what: str = "network name") -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+    if type(value) is not str or not _is_name(value):
         raise InvalidRequest(f"invalid {what} {value!r}: want 1-64 characters of [A-Za-z0-9_.-]")
     return value
 

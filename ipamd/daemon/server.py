@@ -44,7 +44,7 @@ from typing import Any, TypeAlias
 import trio
 
 from ipamd.daemon.peercred import peer_credentials
-from ipamd.daemon.service import PendingRead, Render, Service, ready
+from ipamd.daemon.service import MUTATING_METHODS, PendingRead, Render, Service, ready
 from ipamd.errors import IpamError, Unavailable
 from ipamd.metrics.instruments import ConnectionCounters
 from ipamd.wire.connection import (
@@ -243,7 +243,7 @@ class Server:
         conn = client.conn
         while (event := conn.next_event()) is not None:
             if type(event) is Request:
-                if self.service.is_mutation(event.method):
+                if event.method in MUTATING_METHODS:
                     self._start_mutation(client, event)
                 else:
                     self._answer_read(client, event)

@@ -88,6 +88,8 @@ LEASE_PAGE_MAX = 4000
 # been asked, so they travel the mutations' path (a callback), not the reads'.
 CLUSTER_READS = frozenset({"cluster.status", "cluster.blocks", "cluster.check"})
 CLUSTER_METHODS = CLUSTER_READS | {"cluster.release_host"}
+# Every method `start_mutation` takes (the server asks, per request).
+MUTATING_METHODS = frozenset(MUTATIONS) | CLUSTER_METHODS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +154,6 @@ class Service:
             "metrics": self.metrics,
         }
 
-    def is_mutation(self, method: str) -> bool:
-        return method in MUTATIONS or method in CLUSTER_METHODS
-
     def may_mutate(self, peer: Peer) -> bool:
         return (
             peer.uid in (0, self._own_uid)
@@ -164,7 +163,7 @@ class Service:
         )
 
     def read(self, method: str, params: dict[str, Any]) -> Any:
-        """Answer a read. REQUIRES: not is_mutation(method)."""
+        """Answer a read. REQUIRES: method not in MUTATING_METHODS."""
         handler = self._reads.get(method)
         try:
             if handler is None:
