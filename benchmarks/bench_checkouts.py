@@ -8,8 +8,8 @@ turns, each takes the same phase of `--ops` allocs from 64 closed-loop clients
 The order alternates every repetition (old-new, new-old, ...) so the machine's
 noise, which comes and goes for seconds, hits both alike.
 
-Figures: per checkout the median alloc and release rates, the median p99
-of allocs and the daemon's CPU time per alloc (user + system, all threads);
+Figures: per checkout the median alloc and release rates, the median p50 and
+p99 of allocs and the daemon's CPU time per alloc (user + system, all threads);
 `new_vs_old_64` is the median of the per-repetition ratios (new / old) of
 alloc rates, and `p99_new_vs_old_64` the same for p99 latency.
 
@@ -153,6 +153,9 @@ def summarise(phases: dict[str, dict[str, list[Phase]]]) -> dict[str, Any]:
         out[f"{name}_release_per_s"] = round(
             statistics.median(p.rate for p in by_method["release"])
         )
+        out[f"{name}_alloc_p50_ms"] = round(
+            statistics.median(p.lat_ms(50) for p in by_method["alloc"]), 3
+        )
         out[f"{name}_alloc_p99_ms"] = round(
             statistics.median(p.lat_ms(99) for p in by_method["alloc"]), 3
         )
@@ -171,13 +174,14 @@ def summarise(phases: dict[str, dict[str, list[Phase]]]) -> dict[str, Any]:
 
 def print_summary(summary: dict[str, Any]) -> None:
     print(
-        f"\n{'':6} {'allocs/s':>10} {'releases/s':>11} {'alloc p99 ms':>13}"
+        f"\n{'':6} {'allocs/s':>10} {'releases/s':>11} {'alloc p50 ms':>13} {'alloc p99 ms':>13}"
         f" {'daemon CPU µs/alloc':>20}"
     )
     for name in ("old", "new"):
         print(
             f"{name:6} {summary[f'{name}_alloc_per_s']:>10} {summary[f'{name}_release_per_s']:>11}"
-            f" {summary[f'{name}_alloc_p99_ms']:>13} {summary[f'{name}_alloc_cpu_us']:>20}"
+            f" {summary[f'{name}_alloc_p50_ms']:>13} {summary[f'{name}_alloc_p99_ms']:>13}"
+            f" {summary[f'{name}_alloc_cpu_us']:>20}"
         )
     print(
         f"\nnew/old at {CLIENTS} clients (median of per-repetition ratios): allocs"
