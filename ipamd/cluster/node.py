@@ -52,6 +52,7 @@ from ipamd.config import ClusterConfig
 from ipamd.core.lease import LeaseKey
 from ipamd.core.network import IPAddress, IPNetwork, Network
 from ipamd.core.requests import AllocRequest, CreateNetworkRequest
+from ipamd.core.snapshot import Snapshot
 from ipamd.daemon.writer import OnDone, Writer
 from ipamd.errors import (
     AddressInUse,
@@ -111,6 +112,9 @@ class ClusterNode:
         # Per network: the definition they were computed for, and each subnet's
         # low-water mark (free addresses in owned blocks below which to claim).
         self._low_water: dict[str, tuple[Network, list[int]]] = {}
+        # The committed snapshot the low-water marks were last checked against:
+        # the check is once per published group, not once per alloc.
+        self._checked: Snapshot | None = None
         # Blocks known taken (by anyone), per (network, subnet): from scans and failed claims.
         self._taken: dict[tuple[str, int], set[int]] = {}
         self._exhausted: dict[tuple[str, int], float] = {}  # monotonic time a claim found none
@@ -210,11 +214,10 @@ class ClusterNode:
 
     def _needs_lookup(self, request: AllocRequest) -> bool:
         """Whether etcd must be asked first: a static address outside owned blocks."""
-        committed = self.writer.committed
         for name, attachment in request.networks.items():
             if not attachment.static_ips:
                 continue  # the common case: nothing to look up
-            snap = committed.get(name)
+            snap = self.writer.committed.get(name)
             if snap is None or not snap.network.is_cluster:
                 continue
             for address in attachment.static_ips:
@@ -232,7 +235,13 @@ class ClusterNode:
         error: IpamError | None,
     ) -> None:
         if error is None:
-            self._claim_ahead(request)
+            committed = self.writer.committed
+            if committed is not self._checked:  # the first answer of its group
+                self._checked = committed
+                self._claim_ahead(committed)
+            for name in request.networks:
+                if name not in self._low_water:
+                    self._watch_new(committed, name)
         elif (
             isinstance(error, RangeExhausted | NetworkNotFound)
             and rounds < MAX_ALLOC_ROUNDS
@@ -295,24 +304,34 @@ class ClusterNode:
         space = BlockSpace(network.subnets[index])
         return index, space.cidr(space.index_of(address))
 
-    def _claim_ahead(self, request: AllocRequest) -> None:
-        """After an alloc: a subnet whose free addresses in owned blocks fell
-        below its low-water mark gets one more claim, in the background. Every
-        alloc does this, so the common path is one comparison per subnet: the
-        free counts are the writer's (kept as addresses are taken and given),
-        the marks change only when a claim starts."""
-        committed = self.writer.committed
-        for name in request.networks:
+    def _claim_ahead(self, committed: Snapshot) -> None:
+        """After a group with allocs: a subnet whose free addresses in owned
+        blocks fell below its low-water mark gets one more claim, in the
+        background. Once per group, so the cost is one comparison per subnet of
+        each network allocated from so far: the free counts are the writer's
+        (kept as addresses are taken and given), the marks change only when a
+        claim starts."""
+        for name, (network, marks) in list(self._low_water.items()):
             snap = committed.get(name)
             if snap is None:
+                del self._low_water[name]  # deleted
                 continue
-            watched = self._low_water.get(name)
-            if watched is None or watched[0] is not snap.network:
-                watched = self._watch(snap.network)
-            marks = watched[1]
+            if snap.network is not network:
+                network, marks = self._watch(snap.network)
             for index, stats in enumerate(snap.subnets):
                 if stats.free < marks[index]:
-                    self._claim_soon(snap.network, index)
+                    self._claim_soon(network, index)
+
+    def _watch_new(self, committed: Snapshot, name: str) -> None:
+        """A network allocated from for the first time: watched from now on,
+        and checked at once (its group's check may have run before it)."""
+        snap = committed.get(name)
+        if snap is None:
+            return
+        network, marks = self._watch(snap.network)
+        for index, stats in enumerate(snap.subnets):
+            if stats.free < marks[index]:
+                self._claim_soon(network, index)
 
     def _watch(self, network: Network) -> tuple[Network, list[int]]:
         """The low-water marks of a network's subnets (0, never crossed: local
