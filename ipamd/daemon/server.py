@@ -335,7 +335,7 @@ class Server:
     def _mutation_started(self) -> None:
         # A fresh event only when leaving quiet: `wait_quiet` may be waiting on the
         # current one, which must be the one set when everything is answered.
-        if self._quiet.is_set():
+        if not self.in_flight:  # (`_quiet` is set exactly when nothing is in flight)
             self._quiet = trio.Event()
         self.in_flight += 1
 

@@ -77,8 +77,9 @@ class MutationQueue:
         if len(self._waiting) >= self.max_queue:
             raise Unavailable("too many mutations queued; try again later")
         self.unanswered += 1
+        if not self._waiting:  # the decider waits only on an empty queue (`take`)
+            self._queued.set()
         self._waiting.append(Waiter(mutation, on_done, self))
-        self._queued.set()
 
     async def take(self, most: int) -> list[Waiter]:
         """Everything queued, up to `most`, once there is something."""
