@@ -11,7 +11,8 @@ noise, which comes and goes for seconds, hits both alike.
 Figures: per checkout the median alloc and release rates, the median p50 and
 p99 of allocs and the daemon's CPU time per alloc (user + system, all threads);
 `new_vs_old_64` is the median of the per-repetition ratios (new / old) of
-alloc rates, and `p99_new_vs_old_64` the same for p99 latency.
+alloc rates, and `p99_new_vs_old_64` the same for p99 latency; each with the
+quartiles of those ratios (a single repetition's p99 moves by a third here).
 
 Usage:  python benchmarks/bench_checkouts.py OLD NEW [--reps N] [--ops N] [--quick] [--json]
 OLD and NEW are directories holding an `ipamd/` package (git worktrees: e.g.
@@ -74,6 +75,16 @@ def start(root: Path, name: str, source: Path) -> Server:
 
 def median_ratio(pairs: list[tuple[float, float]]) -> float:
     return statistics.median(new / old for old, new in pairs)
+
+
+def quartiles(pairs: list[tuple[float, float]]) -> list[float]:
+    """The first and third quartiles of the per-repetition ratios: how far one
+    repetition's ratio moves on this machine, against which to read the median."""
+    ratios = [new / old for old, new in pairs]
+    if len(ratios) < 2:
+        return [round(ratios[0], 4)] * 2
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return [round(q1, 4), round(q3, 4)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,10 +174,12 @@ def summarise(phases: dict[str, dict[str, list[Phase]]]) -> dict[str, Any]:
             statistics.median(p.server_cpu_s / p.ops * 1e6 for p in by_method["alloc"]), 2
         )
     allocs = list(zip(phases["old"]["alloc"], phases["new"]["alloc"], strict=True))
-    out["new_vs_old_64"] = round(median_ratio([(o.rate, n.rate) for o, n in allocs]), 4)
-    out["p99_new_vs_old_64"] = round(
-        median_ratio([(o.lat_ms(99), n.lat_ms(99)) for o, n in allocs]), 4
-    )
+    rates = [(o.rate, n.rate) for o, n in allocs]
+    p99s = [(o.lat_ms(99), n.lat_ms(99)) for o, n in allocs]
+    out["new_vs_old_64"] = round(median_ratio(rates), 4)
+    out["new_vs_old_64_quartiles"] = quartiles(rates)
+    out["p99_new_vs_old_64"] = round(median_ratio(p99s), 4)
+    out["p99_new_vs_old_64_quartiles"] = quartiles(p99s)
     releases = list(zip(phases["old"]["release"], phases["new"]["release"], strict=True))
     out["release_new_vs_old_64"] = round(median_ratio([(o.rate, n.rate) for o, n in releases]), 4)
     return out
@@ -187,6 +200,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\nnew/old at {CLIENTS} clients (median of per-repetition ratios): allocs"
         f" {summary['new_vs_old_64']:.3f}, releases {summary['release_new_vs_old_64']:.3f},"
         f" alloc p99 {summary['p99_new_vs_old_64']:.3f} (target: allocs >= 0.97, p99 <= 1)"
+    )
+    print(
+        "quartiles of the per-repetition ratios: allocs"
+        f" {summary['new_vs_old_64_quartiles']}, p99 {summary['p99_new_vs_old_64_quartiles']}"
     )
 
 
