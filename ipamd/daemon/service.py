@@ -456,6 +456,9 @@ def _matches(wanted: dict[str, str | None], lease: Lease) -> bool:
 
 def _subject(params: dict[str, Any]) -> str:
     """What a mutation is about, for the log line."""
+    container_id = params.get("container_id")
+    if type(container_id) is str:  # alloc and release: nearly every mutation
+        return "container_id=" + container_id[:80]
     for key in ("container_id", "name", "network"):
         if isinstance(params.get(key), str):
             return f"{key}={params[key][:80]}"
@@ -466,11 +469,13 @@ def _outcome(method: str, result: Any) -> str:
     """A successful mutation's log text: with the addresses an alloc handed out or a
     release took back, so that grepping the log for an address finds them."""
     if method == "alloc":
-        held = [
-            name + " " + " ".join([ip["address"] for ip in attachment["ips"]])
-            for name, attachment in result["networks"].items()
-            if attachment["ips"]
-        ]
+        held = []  # loops, not comprehensions: two frames fewer per alloc in CPython 3.11
+        for name, attachment in result["networks"].items():
+            if attachment["ips"]:
+                addresses = []
+                for ip in attachment["ips"]:
+                    addresses.append(ip["address"])
+                held.append(name + " " + " ".join(addresses))
         return "ok: " + "; ".join(held) if held else "ok"
     if method == "release":
         released = [f"{name} {' '.join(ips)}" for name, ips in result["released"].items() if ips]
