@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import queue
 import threading
 import time
@@ -179,7 +180,13 @@ class EtcdSession:
 
     def create_all(self, items: list[tuple[str, bytes]]) -> tuple[bool, int, list[KeyValue]]:
         """Create every key if none exists, in one transaction: (True, the
-        revision they were created at, []) or (False, 0, the keys that existed)."""
+        revision they were created at, []) or (False, 0, keys that existed).
+
+        The keys that existed are read after a failed transaction, not by its
+        failure branch: that branch costs etcd about a fifth more per claim
+        that succeeds, and claims nearly always do. A key may change between
+        the two requests; callers only learn from the answer which keys to
+        try again."""
         compare = [
             {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
             for key, _ in items
@@ -192,14 +199,16 @@ class EtcdSession:
                     {"request_put": {"key": _b64(key), "value": _b64(value)}}
                     for key, value in items
                 ],
-                "failure": [{"request_range": {"key": _b64(key)}} for key, _ in items],
             },
         )
         if answer.get("succeeded"):
             return True, int(answer["header"]["revision"]), []
+        ranges = self._post(
+            "/kv/txn", {"success": [{"request_range": {"key": _b64(key)}} for key, _ in items]}
+        )
         existing = [
             _kv(raw)
-            for response in answer.get("responses") or []
+            for response in ranges.get("responses") or []
             for raw in response.get("response_range", {}).get("kvs") or []
         ]
         return False, 0, existing
@@ -243,11 +252,27 @@ class EtcdSession:
 
 def _short(error: Exception) -> str:
     text = " ".join(str(a) for a in error.args if a) or type(error).__name__
+    said = _etcd_message(getattr(error, "detail_text", None))
+    if said:  # etcd's own words ("etcdserver: too many operations in txn request")
+        text = f"{text}: {said}"
     return text[:200]
 
 
+def _etcd_message(body: Any) -> str:
+    """The message in an error answer's body (the gateway's JSON), if any."""
+    if not isinstance(body, str):
+        return ""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return body.strip()[:120]
+    if not isinstance(answer, dict):
+        return ""
+    return str(answer.get("message") or answer.get("error") or "")
+
+
 def _is_unavailable(error: Exception) -> bool:
-    text = str(error).lower()
+    text = _short(error).lower()
     return any(
         sign in text
         for sign in ("no leader", "leader changed", "timed out", "unavailable", "not capable")

@@ -52,8 +52,9 @@ class Member:
 
 
 class EtcdCluster:
-    def __init__(self, base: Path, size: int = 1) -> None:
+    def __init__(self, base: Path, size: int = 1, extra_args: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.extra_args = extra_args  # more etcd flags, for every member
         base.mkdir(parents=True, exist_ok=True)
         self.members = [
             Member(
@@ -102,6 +103,7 @@ class EtcdCluster:
             "100",
             "--election-timeout",
             "1000",
+            *self.extra_args,
         ]
 
     def _spawn(self, member: Member) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 import json
 import random
@@ -15,7 +16,15 @@ from typing import Any
 import pytest
 
 from ipamd.cluster.etcd import EtcdSession
-from tests.cluster.support import EtcdCluster, Host, check_cluster, client_check, free_port
+from ipamd.cluster.keys import Layout
+from tests.cluster.support import (
+    EtcdCluster,
+    Host,
+    check_cluster,
+    client_check,
+    free_port,
+    start_hosts,
+)
 from tests.support import RpcError
 
 HostsFactory = Callable[..., list[Host]]
@@ -381,3 +390,44 @@ def test_a_dead_hosts_empty_blocks_are_reclaimed_when_configured(
     assert left == {busy: "h1"}
     full = empty[0]
     assert f"reclaimed empty block {full} of network dead from host h1" in h2.daemon.log()
+
+
+def test_claims_shrink_to_fit_an_etcd_with_a_low_max_txn_ops(tmp_path: Any) -> None:
+    # A burst sizes claims at many blocks a transaction; this etcd takes at
+    # most 4 puts in one. Every alloc still succeeds, claims are still batched,
+    # and none is larger than etcd allows.
+    etcd = EtcdCluster(tmp_path / "etcd", extra_args=("--max-txn-ops", "4")).start()
+    hosts = start_hosts(tmp_path, etcd, ["h1"], prefix="/low")
+    try:
+        (host,) = next(hosts)
+        host.call("network.create", cluster_net("burst", "10.24.0.0/20", block_prefix=28))
+        errors: list[str] = []
+
+        def load(worker: int) -> None:
+            with host.daemon.client(timeout=30) as client:
+                for n in range(250):
+                    try:
+                        client.call(
+                            "alloc", {"container_id": f"w{worker}-{n}", "networks": {"burst": {}}}
+                        )
+                    except RpcError as e:
+                        errors.append(str(e))
+
+        threads = [threading.Thread(target=load, args=(w,)) for w in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        layout = Layout("/low")
+        blocks = [
+            kv
+            for kv in EtcdSession(tuple(etcd.endpoints)).get_prefix("/low/")
+            if layout.parse_block(kv.key) is not None
+        ]
+        assert len(blocks) >= 2000 // 16
+        per_transaction = collections.Counter(kv.create_revision for kv in blocks)
+        assert 1 < max(per_transaction.values()) <= 4
+    finally:
+        hosts.close()
+        etcd.close()
