@@ -52,7 +52,7 @@ from ipamd.config import ClusterConfig
 from ipamd.core.lease import LeaseKey
 from ipamd.core.network import IPAddress, IPNetwork, Network
 from ipamd.core.requests import AllocRequest, CreateNetworkRequest
-from ipamd.core.snapshot import Snapshot
+from ipamd.core.snapshot import NetworkSnapshot, Snapshot
 from ipamd.daemon.writer import OnDone, Writer
 from ipamd.errors import (
     AddressInUse,
@@ -324,17 +324,16 @@ class ClusterNode:
                 continue
             if snap.network is not network:
                 network, marks = self._watch(snap.network)
-            for index, stats in enumerate(snap.subnets):
-                if stats.free < marks[index]:
-                    self._claim_soon(network, index)
+            self._claim_below_marks(network, marks, snap)
 
     def _watch_new(self, committed: Snapshot, name: str) -> None:
         """A network allocated from for the first time: watched from now on,
         and checked at once (its group's check may have run before it)."""
         snap = committed.get(name)
-        if snap is None:
-            return
-        network, marks = self._watch(snap.network)
+        if snap is not None:
+            self._claim_below_marks(*self._watch(snap.network), snap)
+
+    def _claim_below_marks(self, network: Network, marks: list[int], snap: NetworkSnapshot) -> None:
         for index, stats in enumerate(snap.subnets):
             if stats.free < marks[index]:
                 self._claim_soon(network, index)

@@ -327,8 +327,7 @@ class Server:
         """The answer to a mutation, from the writer's task (or a refusal, from ours):
         queued for the poller, which renders it, hands it to the connection and writes it."""
         self._answers.append((client, msgid, received, render, outcome, error))
-        if self._idle:
-            self._wake()
+        self._wake()
 
     def _deliver(self, answer: Answer, now: float) -> None:
         """Render an answer, give it to its connection and write it."""

@@ -456,12 +456,10 @@ def _matches(wanted: dict[str, str | None], lease: Lease) -> bool:
 
 def _subject(params: dict[str, Any]) -> str:
     """What a mutation is about, for the log line."""
-    container_id = params.get("container_id")
-    if type(container_id) is str:  # alloc and release: nearly every mutation
-        return "container_id=" + container_id[:80]
     for key in ("container_id", "name", "network"):
-        if isinstance(params.get(key), str):
-            return f"{key}={params[key][:80]}"
+        value = params.get(key)
+        if type(value) is str:  # msgpack gives exactly str
+            return key + "=" + value[:80]
     return ""
 
 

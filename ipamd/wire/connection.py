@@ -162,15 +162,10 @@ class ServerConnection:
     def send_response(self, msgid: int, error: IpamError | None, result: Any) -> None:
         """Queue the answer to a Request that next_event returned. REQUIRES: one per Request."""
         self.in_flight -= 1
-        state = self.state
-        if state is CLOSED:
+        if self.state is CLOSED:
             return  # the client is gone: nobody to tell
-        data = self._rpc.send_response(msgid, error, result)
-        self._outbox.append(data)  # `_queue`, less a call: once per answer
-        self.unsent += len(data)
-        if self.unsent > OUTBOX_HIGH_WATER and (state is READING or state is BACKLOG):
-            self.state = BLOCKED
-        elif state is BLOCKED:
+        self._queue(self._rpc.send_response(msgid, error, result))
+        if self.state is BLOCKED:
             self._unblock_if_room()
 
     def _queue(self, data: bytes) -> None:
